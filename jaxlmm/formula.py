@@ -1,0 +1,350 @@
+"""lme4's formula language -> a fixed part and random-effects terms.
+
+``parse_formula("y ~ x * f + (1 + x | g) + (1 | a/b)")`` returns a :class:`Formula` whose
+fixed part is a list of R terms (``x``, ``f``, ``x:f``) and whose random part is a tuple of
+:class:`RandomTerm` (bars), with ``||`` split into uncorrelated terms and ``a/b`` expanded to
+``a`` and ``a:b`` (lme4's ``findbars``/``expandDoubleVerts``/``expandSlash``).
+
+Operators follow R's ``terms.formula``: ``+``, ``-``, ``*``, ``:``, ``/``, ``^``, ``0``/``1``/``-1``.
+A variable is a column name, a backquoted name or a call such as ``log(x)`` or ``I(x^2)`` whose
+text is evaluated later by the design stage.  Terms are sorted by order (main effects first) and
+keep their order of appearance within an order, as R does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+
+from .errors import FormulaError
+
+Term = tuple[str, ...]  # the variables of one term, in order of first appearance in the formula
+
+
+@dataclass(frozen=True)
+class ModelPart:
+    """A right-hand side: R terms (each a tuple of variable names) and the intercept flag."""
+
+    terms: tuple[Term, ...]
+    intercept: bool
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One bar ``(effects | group)``; ``group`` holds the variables whose interaction is the factor."""
+
+    effects: ModelPart
+    group: Term
+
+    @property
+    def group_name(self) -> str:
+        return ":".join(self.group)
+
+
+@dataclass(frozen=True)
+class Formula:
+    text: str
+    response: str | None
+    fixed: ModelPart
+    random: tuple[RandomTerm, ...]
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """Every variable the formula uses, response first."""
+        names = [] if self.response is None else [self.response]
+        parts = [self.fixed] + [r.effects for r in self.random]
+        for part in parts:
+            names += [v for t in part.terms for v in t]
+        names += [v for r in self.random for v in r.group]
+        return tuple(dict.fromkeys(names))
+
+
+# --------------------------------------------------------------------------- tokens
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>\d+\.?\d*(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z.][A-Za-z0-9._]*|`[^`]+`)"
+    r"|(?P<op>\|\||[~+\-*/:^|()]))"
+)
+
+
+@dataclass
+class _Tok:
+    kind: str  # num, name, call, op, end
+    text: str
+    pos: int
+
+
+def _tokenize(text: str) -> list[_Tok]:
+    toks, i = [], 0
+    while i < len(text):
+        if text[i].isspace():
+            i += 1
+            continue
+        m = _TOKEN.match(text, i)
+        if not m or m.end() == i:
+            raise FormulaError(f"unexpected character {text[i]!r}", text, i)
+        start = m.start(m.lastgroup)
+        kind, tok = m.lastgroup, m.group(m.lastgroup)
+        i = m.end()
+        if kind == "name":
+            j = i
+            while j < len(text) and text[j].isspace():
+                j += 1
+            if j < len(text) and text[j] == "(" and not tok.startswith("`"):
+                end = _matching_paren(text, j)
+                inner = " ".join(text[j + 1 : end].split())
+                if not inner:
+                    raise FormulaError(f"empty call {tok}()", text, j)
+                toks.append(_Tok("call", f"{tok}({inner})", start))
+                i = end + 1
+                continue
+            if tok.startswith("`"):
+                tok = tok[1:-1]
+        toks.append(_Tok(kind, tok, start))
+    toks.append(_Tok("end", "", len(text)))
+    return toks
+
+
+def _matching_paren(text: str, open_pos: int) -> int:
+    depth = 0
+    for k in range(open_pos, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[k], 0)
+        if depth == 0:
+            return k
+    raise FormulaError("unbalanced parenthesis", text, open_pos)
+
+
+# --------------------------------------------------------------------------- parser (Pratt)
+_BINARY = {"~": 5, "|": 10, "||": 10, "+": 20, "-": 20, "*": 30, "/": 30, ":": 40, "^": 50}
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.text = text
+        self.toks = _tokenize(text)
+        self.k = 0
+
+    def peek(self) -> _Tok:
+        return self.toks[self.k]
+
+    def take(self) -> _Tok:
+        tok = self.toks[self.k]
+        self.k += 1
+        return tok
+
+    def error(self, msg: str, tok: _Tok):
+        raise FormulaError(msg, self.text, tok.pos)
+
+    def parse(self):
+        node = self.expr(0)
+        tok = self.peek()
+        if tok.kind != "end":
+            self.error(f"unexpected {tok.text!r}", tok)
+        return node
+
+    def expr(self, min_bp: int):
+        left = self.prefix()
+        while True:
+            tok = self.peek()
+            if tok.kind != "op" or tok.text not in _BINARY:
+                if tok.kind in ("name", "num", "call") or tok.text == "(":
+                    self.error("missing operator before " + repr(tok.text), tok)
+                return left
+            bp = _BINARY[tok.text]
+            if bp < min_bp or (bp == min_bp and tok.text != "^"):
+                return left
+            self.take()
+            right = self.expr(bp if tok.text == "^" else bp + 1)
+            left = ("bin", tok.text, left, right, tok.pos)
+
+    def prefix(self):
+        tok = self.take()
+        if tok.kind == "name" or tok.kind == "call":
+            return ("var", tok.text, tok.pos)
+        if tok.kind == "num":
+            return ("num", float(tok.text), tok.pos)
+        if tok.text == "(":
+            if self.peek().text == ")":
+                self.error("empty parentheses", self.peek())
+            inner = self.expr(0)
+            close = self.take()
+            if close.text != ")":
+                self.error("expected ')'", close)
+            return ("paren", inner, tok.pos)
+        if tok.text in ("-", "+"):
+            return ("neg" if tok.text == "-" else "pos", self.expr(45), tok.pos)
+        if tok.text == "~":  # one-sided formula
+            return ("bin", "~", None, self.expr(6), tok.pos)
+        if tok.kind == "end":
+            self.error("formula ends too early", tok)
+        self.error(f"unexpected {tok.text!r}", tok)
+
+
+# --------------------------------------------------------------------------- terms
+@dataclass
+class _Terms:
+    terms: list[frozenset]
+    intercept: bool | None = None
+
+
+class _Expander:
+    def __init__(self, text: str):
+        self.text = text
+        self.order: dict[str, int] = {}
+
+    def error(self, msg: str, pos: int):
+        raise FormulaError(msg, self.text, pos)
+
+    def var(self, name: str) -> str:
+        self.order.setdefault(name, len(self.order))
+        return name
+
+    def expand(self, node) -> _Terms:
+        kind = node[0]
+        if kind == "var":
+            return _Terms([frozenset([self.var(node[1])])])
+        if kind == "num":
+            if node[1] not in (0.0, 1.0):
+                self.error(f"a number other than 0 or 1 ({node[1]:g}) is not a term", node[2])
+            return _Terms([], node[1] == 1.0)
+        if kind == "paren":
+            if node[1][0] == "bin" and node[1][1] in ("|", "||"):
+                self.error("a random-effects term cannot be combined this way", node[2])
+            return self.expand(node[1])
+        if kind == "pos":
+            return self.expand(node[1])
+        if kind == "neg":
+            inner = self.expand(node[1])
+            return _Terms([], None if inner.intercept is None else not inner.intercept)
+        op, a, b, pos = node[1], node[2], node[3], node[4]
+        if op in ("|", "||"):
+            self.error("a random-effects term must be in parentheses", pos)
+        if op == "~":
+            self.error("'~' may appear only once", pos)
+        left = self.expand(a)
+        if op == "+":
+            right = self.expand(b)
+            return _Terms(
+                _union(left.terms, right.terms),
+                right.intercept if right.intercept is not None else left.intercept,
+            )
+        if op == "-":
+            right = self.expand(b)
+            terms = [t for t in left.terms if t not in right.terms]
+            icpt = left.intercept if right.intercept is None else not right.intercept
+            return _Terms(terms, icpt)
+        if op == "^":
+            if b[0] != "num" or b[1] < 1 or b[1] != int(b[1]):
+                self.error("'^' needs a positive whole number", pos)
+            terms = list(left.terms)
+            for k in range(2, int(b[1]) + 1):
+                for combo in itertools.combinations(left.terms, k):
+                    terms = _union(terms, [frozenset().union(*combo)])
+            return _Terms(terms, left.intercept)
+        right = self.expand(b)
+        if not left.terms or not right.terms:
+            self.error(f"'{op}' needs variables on both sides", pos)
+        if op == ":":
+            return _Terms(_interact(left.terms, right.terms))
+        if op == "*":
+            return _Terms(_union(_union(left.terms, right.terms), _interact(left.terms, right.terms)))
+        if op == "/":
+            outer = frozenset().union(*left.terms)
+            return _Terms(_union(left.terms, _interact([outer], right.terms)), left.intercept)
+        self.error(f"unknown operator {op!r}", pos)
+
+    def part(self, node, default_intercept: bool = True) -> ModelPart:
+        t = self.expand(node)
+        terms = sorted(t.terms, key=len)  # stable: R sorts terms by order only
+        ordered = tuple(tuple(sorted(term, key=self.order.__getitem__)) for term in terms)
+        icpt = default_intercept if t.intercept is None else t.intercept
+        return ModelPart(ordered, icpt)
+
+
+def _union(a: list[frozenset], b: list[frozenset]) -> list[frozenset]:
+    return list(dict.fromkeys(list(a) + list(b)))
+
+
+def _interact(a: list[frozenset], b: list[frozenset]) -> list[frozenset]:
+    return list(dict.fromkeys(x | y for x in a for y in b))
+
+
+def _split_plus(node) -> list:
+    """The summands of a top-level ``+`` chain (a ``-`` keeps its right side attached)."""
+    if node[0] == "bin" and node[1] == "+":
+        return _split_plus(node[2]) + _split_plus(node[3])
+    return [node]
+
+
+def _is_bar(node) -> bool:
+    return node[0] == "paren" and node[1][0] == "bin" and node[1][1] in ("|", "||")
+
+
+def _grouping_terms(node, ex: _Expander) -> list[Term]:
+    """``g`` -> [g]; ``a:b`` -> [a:b]; ``a/b`` -> [a, a:b] (lme4's expandSlash)."""
+    kind = node[0]
+    if kind == "var":
+        return [(ex.var(node[1]),)]
+    if kind == "paren":
+        return _grouping_terms(node[1], ex)
+    if kind == "bin" and node[1] == ":":
+        left, right = _grouping_terms(node[2], ex), _grouping_terms(node[3], ex)
+        if len(left) != 1 or len(right) != 1:
+            ex.error("cannot interact nested grouping factors", node[4])
+        return [left[0] + right[0]]
+    if kind == "bin" and node[1] == "/":
+        left, right = _grouping_terms(node[2], ex), _grouping_terms(node[3], ex)
+        outer = left[-1]
+        return left + [outer + r for r in right]
+    pos = node[-1] if isinstance(node[-1], int) else 0
+    ex.error("a grouping factor must be a variable, a:b or a/b", pos)
+
+
+def parse_formula(text: str) -> Formula:
+    """Parse an lme4 model formula ``response ~ fixed + (effects | group) + ...``."""
+    if not isinstance(text, str) or not text.strip():
+        raise FormulaError("the formula is empty", str(text), 0)
+    tree = _Parser(text).parse()
+    if tree[0] != "bin" or tree[1] != "~":
+        raise FormulaError("a model formula needs '~'", text, 0)
+    ex = _Expander(text)
+    lhs, rhs = tree[2], tree[3]
+    response = None
+    if lhs is not None:
+        if lhs[0] != "var":
+            ex.error("the response must be a single variable or call", lhs[-1] if isinstance(lhs[-1], int) else 0)
+        response = lhs[1]
+    fixed_nodes, bars = [], []
+    for node in _split_plus(rhs):
+        (bars if _is_bar(node) else fixed_nodes).append(node)
+    random: list[RandomTerm] = []
+    for bar in bars:
+        op, eff_node, grp_node, pos = bar[1][1], bar[1][2], bar[1][3], bar[1][4]
+        effects = ex.part(eff_node)
+        groups = _grouping_terms(grp_node, ex)
+        pieces = [effects]
+        if op == "||":  # expandDoubleVerts: one uncorrelated term per column term
+            pieces = ([ModelPart((), True)] if effects.intercept else []) + [
+                ModelPart((t,), False) for t in effects.terms
+            ]
+        for group in groups:
+            for eff in pieces:
+                if not eff.terms and not eff.intercept:
+                    ex.error("a random-effects term has no effects", pos)
+                term = RandomTerm(eff, group)
+                if term in random:
+                    ex.error(f"duplicated random-effects term ({_show(eff)} | {term.group_name})", pos)
+                random.append(term)
+    if fixed_nodes:
+        fixed_tree = fixed_nodes[0]
+        for node in fixed_nodes[1:]:
+            fixed_tree = ("bin", "+", fixed_tree, node, 0)
+        fixed = ex.part(fixed_tree)
+    else:
+        fixed = ModelPart((), True)
+    return Formula(text, response, fixed, tuple(random))
+
+
+def _show(part: ModelPart) -> str:
+    names = (["1"] if part.intercept else ["0"]) + [":".join(t) for t in part.terms]
+    return " + ".join(names)

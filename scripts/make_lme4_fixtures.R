@@ -1,0 +1,130 @@
+#!/usr/bin/env Rscript
+# Reference fits from lme4 + lmerTest + broom.mixed for jaxlmm's tests.
+# Usage (from the repository root):  Rscript scripts/make_lme4_fixtures.R
+# Needs Debian's r-base-core r-cran-lme4 r-cran-lmertest r-cran-broom.mixed r-cran-jsonlite
+# (r-cran-performance optional, for Nakagawa's R2).  Writes tests/fixtures/data/*.csv and
+# tests/fixtures/lme4/*.json.  Each model is fitted with lme4's default optimiser and with bobyqa;
+# the fixture keeps the better optimum ("best of lme4's optimisers").
+suppressPackageStartupMessages({
+  library(lme4); library(lmerTest); library(broom.mixed); library(jsonlite)
+})
+have_performance <- requireNamespace("performance", quietly = TRUE)
+dir.create("tests/fixtures/data", recursive = TRUE, showWarnings = FALSE)
+dir.create("tests/fixtures/lme4", recursive = TRUE, showWarnings = FALSE)
+
+write_data <- function(df, name) {
+  write.csv(df, file.path("tests/fixtures/data", paste0(name, ".csv")), row.names = FALSE)
+}
+
+best_fit <- function(formula, data, REML) {
+  fits <- list(
+    default = lmerTest::lmer(formula, data = data, REML = REML),
+    bobyqa = lmerTest::lmer(formula, data = data, REML = REML, control = lmerControl(optimizer = "bobyqa")),
+    nm = lmerTest::lmer(formula, data = data, REML = REML, control = lmerControl(optimizer = "Nelder_Mead"))
+  )
+  crit <- sapply(fits, function(m) if (REML) m@devcomp$cmp[["REML"]] else m@devcomp$cmp[["dev"]])
+  list(best = fits[[which.min(crit)]], crit = crit)
+}
+
+# rsq (Zhang 2022) for an LMM, written from the definition, independent of jaxlmm
+rsq_lmm <- function(m) {
+  y <- getME(m, "y"); X <- getME(m, "X"); Z <- getME(m, "Z"); Lambda <- getME(m, "Lambda")
+  e <- as.vector(y - X %*% fixef(m))
+  ZL <- Z %*% Lambda
+  tau2 <- rowSums(as.matrix(ZL)^2)
+  r <- 1 / (1 + tau2)
+  sst <- sum((y - mean(y))^2)
+  s2 <- sigma(m)^2
+  fixed <- 1 - sum(e^2) / sst
+  model <- 1 - sum(r * (tau2 * s2 + r * e^2)) / sst
+  list(model = model, fixed = fixed, random = model - fixed)
+}
+
+case <- function(name, formula, data, dataname, REML) {
+  f <- as.formula(formula)
+  bf <- best_fit(f, data, REML)
+  m <- bf$best
+  cf <- summary(m)$coefficients
+  vc <- as.data.frame(VarCorr(m))
+  re <- as.data.frame(ranef(m, condVar = TRUE))
+  co <- lapply(coef(m), function(d) cbind(level = rownames(d), d))
+  td <- as.data.frame(broom.mixed::tidy(m))
+  out <- list(
+    name = name, formula = formula, data = dataname, REML = REML,
+    criterion = if (REML) m@devcomp$cmp[["REML"]] else m@devcomp$cmp[["dev"]],
+    criteria_by_optimizer = as.list(bf$crit),
+    theta = unname(getME(m, "theta")), theta_names = names(getME(m, "theta")),
+    lower = getME(m, "lower"),
+    fixef = as.list(fixef(m)), sigma = sigma(m),
+    vcov = as.matrix(vcov(m)), vcov_names = colnames(vcov(m)),
+    loglik = as.numeric(logLik(m)), aic = AIC(m), bic = BIC(m), nobs = nobs(m),
+    deviance_ml = as.numeric(deviance(refitML(m))),
+    ngroups = as.list(ngrps(m)), singular = isSingular(m),
+    varcorr = vc,
+    coef_table = data.frame(term = rownames(cf), estimate = cf[, 1], std_error = cf[, 2],
+                            df = cf[, "df"], t = cf[, "t value"], p = cf[, "Pr(>|t|)"]),
+    ranef = re, coef = co, tidy = td,
+    fitted = unname(fitted(m)),
+    rsq = rsq_lmm(m)
+  )
+  if (have_performance) {
+    r2 <- tryCatch(performance::r2_nakagawa(m, tolerance = 0), error = function(e) NULL)
+    if (!is.null(r2)) out$r2_nakagawa <- list(conditional = unname(r2$R2_conditional),
+                                              marginal = unname(r2$R2_marginal))
+  }
+  write(toJSON(out, digits = NA, auto_unbox = TRUE, na = "null"),
+        file.path("tests/fixtures/lme4", paste0(name, ".json")))
+  cat(sprintf("%-28s crit %.6f  (default %.6f, bobyqa %.6f, nm %.6f)\n", name, out$criterion,
+              bf$crit[1], bf$crit[2], bf$crit[3]))
+  invisible(m)
+}
+
+anova_case <- function(name, models, dataname) {
+  a <- do.call(anova, unname(models))
+  tab <- data.frame(model = names(models)[order(sapply(models, function(m) attr(logLik(m), "df")))],
+                    as.data.frame(a), check.names = FALSE)
+  write(toJSON(list(name = name, data = dataname, table = tab), digits = NA, na = "null"),
+        file.path("tests/fixtures/lme4", paste0("anova_", name, ".json")))
+}
+
+data("sleepstudy", "Dyestuff", "Dyestuff2", "Penicillin", "Pastes", "cake", package = "lme4")
+write_data(sleepstudy, "sleepstudy")
+write_data(Dyestuff, "Dyestuff"); write_data(Dyestuff2, "Dyestuff2")
+write_data(Penicillin, "Penicillin"); write_data(Pastes, "Pastes")
+cake2 <- cake; cake2$temperature <- factor(as.character(cake2$temperature),
+                                          levels = as.character(sort(unique(as.numeric(as.character(cake$temperature))))))
+write_data(cake2, "cake")
+data("Orthodont", "Machines", "Oats", package = "nlme")
+orth <- as.data.frame(Orthodont); orth$Subject <- as.character(orth$Subject); orth$Sex <- as.character(orth$Sex)
+write_data(orth, "Orthodont")
+mach <- as.data.frame(Machines); mach$Worker <- as.character(mach$Worker); mach$Machine <- as.character(mach$Machine)
+write_data(mach, "Machines")
+oats <- as.data.frame(Oats); oats$Block <- as.character(oats$Block); oats$Variety <- as.character(oats$Variety)
+write_data(oats, "Oats")
+seed <- read.csv("jaxlmm/data/seed.csv")
+seed2 <- read.csv("tests/fixtures/data/seed2.csv")
+
+ss1 <- case("sleepstudy_corr_reml", "Reaction ~ Days + (Days | Subject)", sleepstudy, "sleepstudy", TRUE)
+ss2 <- case("sleepstudy_corr_ml", "Reaction ~ Days + (Days | Subject)", sleepstudy, "sleepstudy", FALSE)
+case("sleepstudy_indep_reml", "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", sleepstudy, "sleepstudy", TRUE)
+ss4 <- case("sleepstudy_dblbar_ml", "Reaction ~ Days + (Days || Subject)", sleepstudy, "sleepstudy", FALSE)
+ss5 <- case("sleepstudy_int_ml", "Reaction ~ Days + (1 | Subject)", sleepstudy, "sleepstudy", FALSE)
+case("sleepstudy_transform_reml", "log(Reaction) ~ Days + I(Days^2) + (1 | Subject)", sleepstudy, "sleepstudy", TRUE)
+anova_case("sleepstudy", list(m_int = ss5, m_dbl = ss4, m_corr = ss2), "sleepstudy")
+case("dyestuff_reml", "Yield ~ 1 + (1 | Batch)", Dyestuff, "Dyestuff", TRUE)
+case("dyestuff_ml", "Yield ~ 1 + (1 | Batch)", Dyestuff, "Dyestuff", FALSE)
+case("dyestuff2_reml", "Yield ~ 1 + (1 | Batch)", Dyestuff2, "Dyestuff2", TRUE)
+case("penicillin_reml", "diameter ~ 1 + (1 | plate) + (1 | sample)", Penicillin, "Penicillin", TRUE)
+case("pastes_reml", "strength ~ 1 + (1 | batch/cask)", Pastes, "Pastes", TRUE)
+case("cake_reml", "angle ~ recipe * temperature + (1 | recipe:replicate)", cake2, "cake", TRUE)
+case("orthodont_reml", "distance ~ age * Sex + (age | Subject)", orth, "Orthodont", TRUE)
+case("machines_reml", "score ~ Machine + (1 | Worker/Machine)", mach, "Machines", TRUE)
+case("oats_reml", "yield ~ nitro + Variety + (1 | Block/Variety)", oats, "Oats", TRUE)
+for (d in list(list(seed, "seed"), list(seed2, "seed2"))) {
+  nm <- d[[2]]; df <- d[[1]]
+  l1 <- case(paste0(nm, "_lmm1_ml"), "y ~ x + (1 | Group)", df, nm, FALSE)
+  l2 <- case(paste0(nm, "_lmm2_ml"), "y ~ x + (1 | Group) + (0 + x | Group)", df, nm, FALSE)
+  l3 <- case(paste0(nm, "_lmm3_reml"), "y ~ x + (1 + x | Group)", df, nm, TRUE)
+  case(paste0(nm, "_lmm3_ml"), "y ~ x + (1 + x | Group)", df, nm, FALSE)
+  anova_case(nm, list(lmm1 = l1, lmm2 = l2, lmm3 = l3), nm)
+}
