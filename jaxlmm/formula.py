@@ -3,7 +3,7 @@
 ``parse_formula("y ~ x * f + (1 + x | g) + (1 | a/b)")`` returns a :class:`Formula` whose
 fixed part is a list of R terms (``x``, ``f``, ``x:f``) and whose random part is a tuple of
 :class:`RandomTerm` (bars), with ``||`` split into uncorrelated terms and ``a/b`` expanded to
-``a`` and ``a:b`` (lme4's ``findbars``/``expandDoubleVerts``/``expandSlash``).
+``a`` and ``b:a`` (lme4's ``findbars``/``expandDoubleVerts``/``expandSlash``).
 
 Operators follow R's ``terms.formula``: ``+``, ``-``, ``*``, ``:``, ``/``, ``^``, ``0``/``1``/``-1``.
 A variable is a column name, a backquoted name or a call such as ``log(x)`` or ``I(x^2)`` whose
@@ -281,7 +281,7 @@ def _is_bar(node) -> bool:
 
 
 def _grouping_terms(node, ex: _Expander) -> list[Term]:
-    """``g`` -> [g]; ``a:b`` -> [a:b]; ``a/b`` -> [a, a:b] (lme4's expandSlash)."""
+    """``g`` -> [g]; ``a:b`` -> [a:b]; ``a/b`` -> [a, b:a] (lme4's expandSlash puts the inner factor first)."""
     kind = node[0]
     if kind == "var":
         return [(ex.var(node[1]),)]
@@ -295,7 +295,7 @@ def _grouping_terms(node, ex: _Expander) -> list[Term]:
     if kind == "bin" and node[1] == "/":
         left, right = _grouping_terms(node[2], ex), _grouping_terms(node[3], ex)
         outer = left[-1]
-        return left + [outer + r for r in right]
+        return left + [r + outer for r in right]
     pos = node[-1] if isinstance(node[-1], int) else 0
     ex.error("a grouping factor must be a variable, a:b or a/b", pos)
 

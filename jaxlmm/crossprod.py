@@ -1,0 +1,119 @@
+"""The blocked cross-products ``A = [Z X y]ᵀ[Z X y]``, computed once per design (MixedModels.jl's A).
+
+Block 1 is the grouping factor with most levels; its ``Z₁ᵀZ₁`` is block-diagonal and is kept as
+``(G, q, q)`` per-level blocks, so the per-theta work on it is O(G q³) whatever n is.  The other
+blocks ("rest", of total size p₂) are dense.  ``Z₂ᵀZ₁`` is kept sparse (COO), together with the list of
+index pairs needed for ``Z₂ᵀZ₁ W Z₁ᵀZ₂`` when W is block-diagonal (``pair_*``).
+
+The y-dependent pieces (``A1y``, ``A2y``, ``AXy``, ``yy``) are separate fields, so a batch of responses
+is a batch of those fields only.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+
+from .design import Structure
+
+
+class CrossProducts(NamedTuple):
+    A11: jnp.ndarray  # (G, q, q)   Z₁ⱼᵀZ₁ⱼ per level j of block 1
+    A1X: jnp.ndarray  # (G, q, p)   Z₁ⱼᵀXⱼ
+    A1y: jnp.ndarray  # (G, q)      Z₁ⱼᵀyⱼ
+    AXX: jnp.ndarray  # (p, p)
+    AXy: jnp.ndarray  # (p,)
+    yy: jnp.ndarray  # ()
+    A22: jnp.ndarray  # (p₂, p₂)    Z₂ᵀZ₂ (dense)
+    A2X: jnp.ndarray  # (p₂, p)
+    A2y: jnp.ndarray  # (p₂,)
+    A21_row: jnp.ndarray  # (nnz,) row of Z₂ᵀZ₁ in the rest
+    A21_col: jnp.ndarray  # (nnz,) flat column j*q + r in block 1
+    A21_val: jnp.ndarray  # (nnz,)
+    pair_out: jnp.ndarray  # (npairs,) flat index a*p₂ + b into Z₂ᵀZ₁ W Z₁ᵀZ₂
+    pair_w: jnp.ndarray  # (npairs,) flat index j*q*q + r*q + s into W
+    pair_val: jnp.ndarray  # (npairs,)
+    n: jnp.ndarray  # () number of observations (a float, so masked data sets can batch)
+
+
+def block_offsets(structure: Structure) -> list[int]:
+    """Start of each rest block (blocks 2, 3, ...) within the p₂ rest columns; last entry is p₂."""
+    offsets = [0]
+    for b in structure.blocks[1:]:
+        offsets.append(offsets[-1] + b.n_levels * b.q)
+    return offsets
+
+
+def sparse_Z(codes: np.ndarray, Z: np.ndarray, n_levels: int) -> sp.csr_matrix:
+    """The n × (levels·q) random-effects model matrix of one block, level-major columns."""
+    n, q = Z.shape
+    cols = codes[:, None] * q + np.arange(q)[None, :]
+    rows = np.repeat(np.arange(n), q)
+    return sp.csr_matrix((Z.ravel(), (rows, cols.ravel())), shape=(n, n_levels * q))
+
+
+def response_products(Y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], Z: list[np.ndarray],
+                      structure: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The y-dependent cross-products for responses ``Y`` (n, B), batch axis first:
+    A1y (B, G, q), A2y (B, p₂), AXy (B, p), yy (B,)."""
+    b1 = structure.blocks[0]
+    A1y = (sparse_Z(codes[0], Z[0], b1.n_levels).T @ Y).T.reshape(Y.shape[1], b1.n_levels, b1.q)
+    rest = [sparse_Z(c, z, b.n_levels) for c, z, b in zip(codes[1:], Z[1:], structure.blocks[1:])]
+    A2y = (sp.hstack(rest).T @ Y).T if rest else np.zeros((Y.shape[1], 0))
+    return A1y, np.asarray(A2y), (X.T @ Y).T, np.einsum("ib,ib->b", Y, Y)
+
+
+def crossproducts(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], Z: list[np.ndarray],
+                  structure: Structure) -> CrossProducts:
+    """All blocks of A for one data set."""
+    b1 = structure.blocks[0]
+    G, q = b1.n_levels, b1.q
+    n, p = X.shape
+    Z1 = Z[0]
+    A11 = np.zeros((G, q, q))
+    np.add.at(A11, codes[0], Z1[:, :, None] * Z1[:, None, :])
+    A1X = np.zeros((G, q, p))
+    np.add.at(A1X, codes[0], Z1[:, :, None] * X[:, None, :])
+    A1y, A2y, AXy, yy = (a[0] for a in response_products(y[:, None], X, codes, Z, structure))
+
+    rest = [sparse_Z(c, z, b.n_levels) for c, z, b in zip(codes[1:], Z[1:], structure.blocks[1:])]
+    if rest:
+        Z2 = sp.hstack(rest).tocsr()
+        p2 = Z2.shape[1]
+        A22 = (Z2.T @ Z2).toarray()
+        A2X = np.asarray(Z2.T @ X)
+        A21 = (Z2.T @ sparse_Z(codes[0], Z1, G)).tocoo()
+        row, col, val = A21.row.astype(np.int64), A21.col.astype(np.int64), A21.data
+        pair_out, pair_w, pair_val = _pairs(row, col, val, q, p2)
+    else:
+        p2 = 0
+        A22, A2X = np.zeros((0, 0)), np.zeros((0, p))
+        row = col = pair_out = pair_w = np.zeros(0, dtype=np.int64)
+        val = pair_val = np.zeros(0)
+    return CrossProducts(
+        *(jnp.asarray(a) for a in (A11, A1X, A1y, X.T @ X, AXy, yy, A22, A2X, A2y)),
+        jnp.asarray(row, dtype=jnp.int32), jnp.asarray(col, dtype=jnp.int32), jnp.asarray(val),
+        jnp.asarray(pair_out, dtype=jnp.int32), jnp.asarray(pair_w, dtype=jnp.int32), jnp.asarray(pair_val),
+        jnp.asarray(float(n)),
+    )
+
+
+def _pairs(row, col, val, q, p2):
+    """Index pairs (a, b, j, r, s) with ``A21[a, jq+r] A21[b, jq+s] != 0``, sorted by output a*p₂+b."""
+    level, r = col // q, col % q
+    order = np.argsort(level, kind="stable")
+    row, level, r, val = row[order], level[order], r[order], val[order]
+    counts = np.bincount(level)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rep = counts[level]
+    left = np.repeat(np.arange(row.size), rep)
+    within = np.arange(rep.sum()) - np.repeat(np.cumsum(rep) - rep, rep)
+    right = starts[level[left]] + within
+    out = row[left] * p2 + row[right]
+    w = level[left] * q * q + r[left] * q + r[right]
+    pv = val[left] * val[right]
+    order = np.argsort(out, kind="stable")
+    return out[order], w[order], pv[order]

@@ -1,0 +1,450 @@
+"""Model matrices: the response, X (R's treatment contrasts), and per-term Z with the theta layout.
+
+This is lme4's ``lFormula`` stage.  It turns a parsed :class:`~jaxlmm.formula.Formula` and a
+DataFrame into plain NumPy arrays and a static :class:`Structure` describing the random-effects
+blocks, which is all the numeric kernels see.
+
+Conventions (as lme4):
+* rows with a missing value in any used column are dropped (``na.omit``); unused levels are dropped;
+* factor levels keep a pandas Categorical's order, otherwise they are sorted (numbers numerically);
+* random-effects terms are reordered by decreasing number of levels (``mkReTrms``'s ``rev(order(nl))``),
+  and theta holds, term by term, the lower triangle of each relative covariance factor column-major;
+* terms with the same grouping factor are amalgamated into one block (MixedModels.jl), whose
+  Lambda has structural zeros between the terms.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .formula import Formula, ModelPart
+
+# --------------------------------------------------------------------------- static structure
+
+
+@dataclass(frozen=True)
+class ReBlock:
+    """The random effects of one grouping factor: ``n_levels`` blocks of ``q`` columns.
+
+    ``theta_index[i][j]`` is the position in theta of Lambda's (i, j) entry, or -1 for a zero.
+    """
+
+    n_levels: int
+    q: int
+    theta_index: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Hashable description of the random effects; a static argument of the compiled kernels."""
+
+    blocks: tuple[ReBlock, ...]
+    n_theta: int
+
+    @property
+    def lower(self) -> np.ndarray:
+        """lme4's bounds: 0 for entries on Lambda's diagonal, -inf elsewhere."""
+        low = np.full(self.n_theta, -np.inf)
+        for b in self.blocks:
+            for i in range(b.q):
+                if b.theta_index[i][i] >= 0:
+                    low[b.theta_index[i][i]] = 0.0
+        return low
+
+
+@dataclass(frozen=True)
+class ReTerm:
+    """One lme4 random-effects term, in lme4's order."""
+
+    group: str  # the grouping factor's name, e.g. "Subject" or "batch:cask"
+    columns: tuple[str, ...]  # names of its Z columns, e.g. ("(Intercept)", "Days")
+    block: int  # the block (grouping factor) it belongs to
+    block_columns: tuple[int, ...]  # its columns within the block
+    theta_offset: int
+    bar: int  # its position among the formula's random-effects terms
+
+    @property
+    def n_theta(self) -> int:
+        q = len(self.columns)
+        return q * (q + 1) // 2
+
+
+# --------------------------------------------------------------------------- variables
+
+
+@dataclass(frozen=True)
+class VariableSpec:
+    """How a variable is coded: numeric, or a factor with its levels."""
+
+    name: str
+    levels: tuple[str, ...] | None = None  # None for numeric
+
+    @property
+    def is_factor(self) -> bool:
+        return self.levels is not None
+
+
+_FUNCTIONS = {
+    "log": np.log, "log2": np.log2, "log10": np.log10, "log1p": np.log1p, "exp": np.exp,
+    "sqrt": np.sqrt, "abs": np.abs, "sin": np.sin, "cos": np.cos, "tan": np.tan,
+    "I": lambda v: v, "pi": np.pi, "as.numeric": lambda v: np.asarray(v, dtype=float),
+    "factor": lambda v: pd.Categorical(v), "as.factor": lambda v: pd.Categorical(v),
+    "scale": lambda v: (v - np.mean(v)) / np.std(v, ddof=1),
+}
+
+
+class _Namespace(dict):
+    def __init__(self, data: pd.DataFrame):
+        super().__init__()
+        self.data = data
+
+    def __missing__(self, key):
+        if key in self.data.columns:
+            return self.data[key].to_numpy()
+        if key in _FUNCTIONS:
+            return _FUNCTIONS[key]
+        raise DataError(f"unknown column {key!r} (columns are: {', '.join(map(str, self.data.columns))})")
+
+
+def evaluate(name: str, data: pd.DataFrame) -> pd.Series:
+    """A variable's values: a column, or an expression such as ``log(x)`` or ``I(x^2)``."""
+    if name in data.columns:
+        return data[name]
+    if "(" not in name:
+        raise DataError(f"unknown column {name!r} (columns are: {', '.join(map(str, data.columns))})")
+    code = name.replace("^", "**").replace("`", "")
+    code = code.replace("as.numeric(", "as_numeric(").replace("as.factor(", "as_factor(")
+    ns = _Namespace(data)
+    ns.update(as_numeric=_FUNCTIONS["as.numeric"], as_factor=_FUNCTIONS["as.factor"])
+    try:
+        with np.errstate(all="ignore"):
+            value = eval(compile(code, "<formula>", "eval"), {"__builtins__": {}}, ns)  # noqa: S307
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of a user expression is a data error
+        raise DataError(f"cannot evaluate {name!r}: {exc}") from None
+    if np.ndim(value) == 0:
+        value = np.full(len(data), value)
+    return pd.Series(value, index=data.index, name=name)
+
+
+def _is_factor(values: pd.Series) -> bool:
+    return not (pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values))
+
+
+def _level_label(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def factor_levels(values: pd.Series) -> tuple[str, ...]:
+    """Levels in R's order: a Categorical's own order (unused dropped), else sorted."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        used = set(values.dropna().unique())
+        return tuple(_level_label(c) for c in values.cat.categories if c in used)
+    uniq = pd.unique(values.dropna())
+    try:
+        uniq = sorted(uniq)
+    except TypeError:
+        uniq = sorted(uniq, key=str)
+    return tuple(dict.fromkeys(_level_label(v) for v in uniq))
+
+
+def factor_codes(values: pd.Series, levels: tuple[str, ...]) -> np.ndarray:
+    """Integer codes of ``values`` in ``levels``; -1 for a value not among them."""
+    lookup = {lev: k for k, lev in enumerate(levels)}
+    labels = [_level_label(v) for v in values.to_numpy(dtype=object)]
+    return np.array([lookup.get(lab, -1) for lab in labels], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- model matrices
+
+
+def _coding(part: ModelPart, specs: dict[str, VariableSpec]) -> list[dict[str, int]]:
+    """R's TermCode: per term and factor, 1 = contrasts, 2 = indicator columns for all levels."""
+    codes = []
+    for k, term in enumerate(part.terms):
+        code = {}
+        for v in term:
+            rest = frozenset(term) - {v}
+            code[v] = 1 if not rest or any(rest <= frozenset(t) for t in part.terms[:k]) else 2
+        codes.append(code)
+    if not part.intercept:  # the first factor of the first term with a factor is coded fully
+        for term, code in zip(part.terms, codes):
+            factors = [v for v in term if specs[v].is_factor]
+            if factors:
+                code[factors[0]] = 2
+                break
+    return codes
+
+
+def model_matrix(
+    part: ModelPart, frame: dict[str, pd.Series], specs: dict[str, VariableSpec]
+) -> tuple[np.ndarray, list[str]]:
+    """R's ``model.matrix`` with treatment contrasts: columns and R-style names."""
+    n = len(next(iter(frame.values()))) if frame else 0
+    cols: list[np.ndarray] = []
+    names: list[str] = []
+    if part.intercept:
+        cols.append(np.ones(n))
+        names.append("(Intercept)")
+    for term, code in zip(part.terms, _coding(part, specs)):
+        term_cols, term_names = [np.ones(n)], [""]
+        for v in term:  # the first variable varies fastest, as in R
+            spec = specs[v]
+            if spec.is_factor:
+                codes = factor_codes(frame[v], spec.levels)
+                levels = range(1 if code[v] == 1 else 0, len(spec.levels))
+                v_cols = [(codes == k).astype(float) for k in levels]
+                v_names = [f"{v}{spec.levels[k]}" for k in levels]
+            else:
+                v_cols, v_names = [frame[v].to_numpy(dtype=float)], [v]
+            term_cols = [a * b for b in v_cols for a in term_cols]
+            term_names = [f"{a}:{b}" if a else b for b in v_names for a in term_names]
+        cols += term_cols
+        names += term_names
+    X = np.column_stack(cols) if cols else np.zeros((n, 0))
+    return X, names
+
+
+def independent_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
+    """Indices of a maximal set of linearly independent columns, earliest kept (R's ``qr`` pivoting).
+
+    A column is aliased when its residual on the kept columns has norm below ``tol`` times its own.
+    """
+    keep: list[int] = []
+    Q = np.zeros((X.shape[0], 0))
+    for j in range(X.shape[1]):
+        col = X[:, j]
+        norm = np.linalg.norm(col)
+        resid = col - Q @ (Q.T @ col)
+        resid = resid - Q @ (Q.T @ resid)
+        rnorm = np.linalg.norm(resid)
+        if norm > 0 and rnorm > tol * norm:
+            keep.append(j)
+            Q = np.column_stack([Q, resid / rnorm])
+    return np.array(keep, dtype=int)
+
+
+# --------------------------------------------------------------------------- the design
+
+
+@dataclass
+class Design:
+    """Everything the numeric stages need, as NumPy arrays, plus what the front end needs back."""
+
+    formula: Formula
+    y: np.ndarray  # (n,)
+    X: np.ndarray  # (n, p)
+    fixef_names: list[str]
+    terms: list[ReTerm]  # lme4's order
+    group_names: list[str]  # per block
+    group_levels: list[tuple[str, ...]]  # per block
+    codes: list[np.ndarray]  # per block, (n,) level index of each row
+    Z: list[np.ndarray]  # per block, (n, q) values of the block's columns
+    structure: Structure
+    specs: dict[str, VariableSpec]
+    rows: pd.Index  # index labels of the rows used
+    n_dropped: int = 0  # rows dropped for missing values
+    dropped_fixef: list[str] = field(default_factory=list)  # aliased X columns dropped
+
+    @property
+    def n(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def p(self) -> int:
+        return self.X.shape[1]
+
+
+def _group_values(group: tuple[str, ...], frame: dict[str, pd.Series]) -> pd.Series:
+    """The grouping factor of a bar: one variable, or the interaction ``a:b`` (levels "a1:b1")."""
+    parts = []
+    for v in group:
+        levels = factor_levels(frame[v])
+        parts.append((levels, factor_codes(frame[v], levels)))
+    if len(parts) == 1:
+        levels, codes = parts[0]
+        return pd.Series(pd.Categorical.from_codes(codes, categories=list(levels)))
+    # R's a:b on factors: first factor slowest; unused combinations dropped
+    combined = np.zeros(len(parts[0][1]), dtype=np.int64)
+    for levels, codes in parts:
+        combined = combined * len(levels) + codes
+    used = np.unique(combined)
+    labels = []
+    for c in used:
+        idx = []
+        for levels, _ in reversed(parts):
+            idx.append(levels[c % len(levels)])
+            c //= len(levels)
+        labels.append(":".join(reversed(idx)))
+    return pd.Series(pd.Categorical.from_codes(np.searchsorted(used, combined), categories=labels))
+
+
+def _check_numeric(name: str, values: pd.Series) -> None:
+    arr = values.to_numpy(dtype=float)
+    if not np.all(np.isfinite(arr)):
+        raise DataError(f"column {name!r} has infinite values")
+
+
+def build_design(formula: Formula, data: pd.DataFrame) -> Design:
+    """lme4's ``lFormula``: the response, X, the random-effects terms and theta's layout."""
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
+    if formula.response is None:
+        raise DataError("the formula has no response (left of '~')")
+    if not formula.random:
+        raise DataError("the formula has no random-effects term such as (1 | group); use a linear model")
+    if data.shape[0] == 0:
+        raise DataError("the data have no rows")
+    raw = {v: evaluate(v, data) for v in formula.variables}
+    complete = np.ones(len(data), dtype=bool)
+    for values in raw.values():
+        complete &= ~pd.isna(values).to_numpy()
+    if not complete.any():
+        raise DataError("no complete rows: every row has a missing value in a used column")
+    frame = {v: values[complete].reset_index(drop=True) for v, values in raw.items()}
+    rows = data.index[complete]
+
+    y_values = frame[formula.response]
+    if _is_factor(y_values):
+        raise DataError(f"the response {formula.response!r} is not numeric")
+    _check_numeric(formula.response, y_values)
+    y = y_values.to_numpy(dtype=float)
+    if np.ptp(y) == 0:
+        raise DataError(f"the response {formula.response!r} is constant")
+
+    group_vars = {v for r in formula.random for v in r.group}
+    specs: dict[str, VariableSpec] = {}
+    for v, values in frame.items():
+        if v == formula.response or (v in group_vars and not _used_as_covariate(v, formula)):
+            continue
+        if _is_factor(values):
+            specs[v] = VariableSpec(v, factor_levels(values))
+        else:
+            _check_numeric(v, values)
+            specs[v] = VariableSpec(v)
+
+    X, names = model_matrix(formula.fixed, frame, specs)
+    keep = independent_columns(X)
+    dropped = [names[j] for j in range(len(names)) if j not in set(keep)]
+    if dropped:
+        warnings.warn(
+            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+            f"column{'s' if len(dropped) > 1 else ''} / coefficient{'s' if len(dropped) > 1 else ''}: "
+            + ", ".join(dropped),
+            stacklevel=3,
+        )
+        X, names = X[:, keep], [names[j] for j in keep]
+    n = len(y)
+
+    # random-effects terms: Z columns and grouping factor per bar
+    bars = []
+    for bar in formula.random:
+        Zt, cols = model_matrix(bar.effects, frame, specs)
+        g = _group_values(bar.group, frame)
+        nlev = len(g.cat.categories)
+        label = f"({' + '.join(cols)} | {bar.group_name})"
+        if nlev < 2:
+            raise DataError(f"grouping factor {bar.group_name!r} has only one level; a random effect needs at least 2")
+        if nlev >= n:
+            raise DataError(
+                f"grouping factor {bar.group_name!r} has {nlev} levels for {n} observations: the number of "
+                "levels of each grouping factor must be < number of observations"
+            )
+        if len(cols) * nlev >= n:
+            raise DataError(
+                f"number of observations (={n}) <= number of random effects (={len(cols) * nlev}) for term "
+                f"{label}; the random-effects parameters and the residual variance are probably unidentifiable"
+            )
+        bars.append((len(bars), bar.group_name, tuple(cols), Zt, g.cat.codes.to_numpy().astype(np.int64), tuple(g.cat.categories), nlev))
+    nl = [b[6] for b in bars]
+    if any(b > a for a, b in zip(nl, nl[1:])):  # lme4: rev(order(nl)), only when not already sorted
+        order = list(reversed(sorted(range(len(bars)), key=lambda k: nl[k])))
+        bars = [bars[k] for k in order]
+
+    block_of: dict[str, int] = {}
+    for _, name, *_ in bars:
+        block_of.setdefault(name, len(block_of))
+    by_levels = sorted(block_of, key=lambda name: -next(b[6] for b in bars if b[1] == name))
+    block_of = {name: k for k, name in enumerate(by_levels)}
+    n_blocks = len(block_of)
+    block_Z: list[list[np.ndarray]] = [[] for _ in range(n_blocks)]
+    block_codes: list[np.ndarray] = [None] * n_blocks  # type: ignore[list-item]
+    block_levels: list[tuple[str, ...]] = [()] * n_blocks
+    entries: list[list[tuple[int, int, int]]] = [[] for _ in range(n_blocks)]
+    terms: list[ReTerm] = []
+    offset = 0
+    for bar_index, name, cols, Zt, codes, levels, _ in bars:
+        k = block_of[name]
+        start = sum(z.shape[1] for z in block_Z[k])
+        block_Z[k].append(Zt)
+        block_codes[k], block_levels[k] = codes, levels
+        q = len(cols)
+        t = offset
+        for c in range(q):
+            for r in range(c, q):
+                entries[k].append((start + r, start + c, t))
+                t += 1
+        terms.append(ReTerm(name, cols, k, tuple(range(start, start + q)), offset, bar_index))
+        offset = t
+    blocks = []
+    for k in range(n_blocks):
+        q = sum(z.shape[1] for z in block_Z[k])
+        index = [[-1] * q for _ in range(q)]
+        for r, c, t in entries[k]:
+            index[r][c] = t
+        blocks.append(ReBlock(len(block_levels[k]), q, tuple(map(tuple, index))))
+    structure = Structure(tuple(blocks), offset)
+    return Design(
+        formula=formula, y=y, X=X, fixef_names=names, terms=terms,
+        group_names=by_levels, group_levels=block_levels, codes=block_codes,
+        Z=[np.column_stack(z) for z in block_Z], structure=structure, specs=specs, rows=rows,
+        n_dropped=int((~complete).sum()), dropped_fixef=dropped,
+    )
+
+
+def _used_as_covariate(v: str, formula: Formula) -> bool:
+    parts = [formula.fixed] + [r.effects for r in formula.random]
+    return any(v in t for part in parts for t in part.terms)
+
+
+def new_design_matrices(design: Design, data: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """X, per-block Z and per-block level codes (-1 = unseen level) for new data, coded as the fit was."""
+    formula = design.formula
+    needed = [v for v in formula.variables if v != formula.response]
+    frame = {v: evaluate(v, data).reset_index(drop=True) for v in needed}
+    for v, values in frame.items():
+        if pd.isna(values).any():
+            raise DataError(f"column {v!r} of newdata has missing values")
+        spec = design.specs.get(v)
+        if spec is not None and spec.is_factor:
+            unseen = set(factor_codes(values, spec.levels).tolist()) & {-1}
+            if unseen:
+                raise DataError(f"column {v!r} of newdata has levels not in the fitted data")
+    X_all, names = model_matrix(formula.fixed, frame, design.specs)
+    X = X_all[:, [names.index(nm) for nm in design.fixef_names]]
+    Z = [np.zeros((len(data), b.q)) for b in design.structure.blocks]
+    codes = [np.full(len(data), -1, dtype=np.int64) for _ in design.structure.blocks]
+    for term in design.terms:
+        bar = formula.random[term.bar]
+        Zt, _ = model_matrix(bar.effects, frame, design.specs)
+        k = term.block
+        Z[k][:, list(term.block_columns)] = Zt
+        g = _group_values(bar.group, frame)
+        codes[k] = factor_codes(g.astype(object), design.group_levels[k])
+    return X, Z, codes
+
+
+def theta_start(structure: Structure) -> np.ndarray:
+    """lme4's start: 1 on Lambda's diagonal, 0 off it."""
+    return np.where(np.isfinite(structure.lower), 1.0, 0.0)
+

@@ -1,0 +1,252 @@
+"""The fitted model (lme4's ``mkMerMod``) and :func:`lmer`, the pipeline that makes it.
+
+``lmer`` = :func:`~jaxlmm.formula.parse_formula` -> :func:`~jaxlmm.design.build_design`
+-> :func:`~jaxlmm.crossprod.crossproducts` -> :func:`~jaxlmm.optimize.minimize_theta` over
+:func:`~jaxlmm.deviance.profiled_deviance` -> :class:`LinearMixedModel`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .crossprod import CrossProducts, crossproducts
+from .design import Design, build_design, new_design_matrices, theta_start
+from .deviance import (beta_hat, criterion, factorize, lambda_matrix, profiled_deviance, sigma_hat,
+                       unscaled_vcov, varpar_deviance)
+from .design import Structure
+from .formula import parse_formula
+from .modes import conditional_modes, conditional_variances
+from .optimize import OptSummary, minimize_theta
+
+SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta entries with a zero lower bound
+
+
+class ConvergenceWarning(UserWarning):
+    """The optimiser did not reach a point where the projected gradient vanishes."""
+
+
+# ---------------------------------------------------------------- compiled kernels (shared by all fits)
+@partial(jax.jit, static_argnames=("structure", "reml"))
+def criterion_value_and_grad(theta, cp: CrossProducts, structure: Structure, reml: bool):
+    return jax.value_and_grad(profiled_deviance)(theta, cp, structure, reml)
+
+
+@partial(jax.jit, static_argnames=("structure", "reml"))
+def criterion_hessian(theta, cp: CrossProducts, structure: Structure, reml: bool):
+    return jax.hessian(profiled_deviance)(theta, cp, structure, reml)
+
+
+@partial(jax.jit, static_argnames=("structure", "reml"))
+def fitted_quantities(theta, cp: CrossProducts, structure: Structure, reml: bool) -> dict:
+    """Everything the fitted model reports that depends only on theta and the cross-products."""
+    f = factorize(theta, cp, structure)
+    beta = beta_hat(f)
+    sigma = sigma_hat(f, cp.n, reml)
+    return {
+        "criterion": criterion(f, cp.n, reml),
+        "beta": beta,
+        "sigma": sigma,
+        "vcov_unscaled": unscaled_vcov(f),
+        "ml_deviance": varpar_deviance(jnp.append(theta, sigma), cp, structure, False),
+        "modes": conditional_modes(theta, cp, structure, f, beta),
+        "condvar": conditional_variances(theta, cp, structure, f, sigma),
+    }
+
+
+def theta_scale(design: Design) -> np.ndarray:
+    """Per theta entry, 1 / root mean square of the Z column of its Lambda row (1 for a zero column)."""
+    scale = np.ones(design.structure.n_theta)
+    for b, Z in zip(design.structure.blocks, design.Z):
+        rms = np.sqrt(np.mean(Z**2, axis=0))
+        for i in range(b.q):
+            for j in range(b.q):
+                t = b.theta_index[i][j]
+                if t >= 0 and rms[i] > 0:
+                    scale[t] = 1.0 / rms[i]
+    return scale
+
+
+# ---------------------------------------------------------------- the fitted model
+class LinearMixedModel:
+    """A linear mixed model fitted by ML or REML; the attributes mirror lme4's accessors."""
+
+    def __init__(self, design: Design, cp: CrossProducts, reml: bool, opt: OptSummary):
+        self.design = design
+        self.cp = cp
+        self.reml = reml
+        self.opt = opt
+        self.formula = design.formula.text
+        q = jax.device_get(fitted_quantities(jnp.asarray(opt.theta), cp, design.structure, reml))
+        self._criterion = float(q["criterion"])
+        self._beta = np.asarray(q["beta"])
+        self._sigma = float(q["sigma"])
+        self._vcov_unscaled = np.asarray(q["vcov_unscaled"])
+        self._ml_deviance = float(q["ml_deviance"])
+        self._modes = [np.asarray(m) for m in q["modes"]]
+        self._condvar = [np.asarray(v) for v in q["condvar"]]
+
+    # ----------------------------------------------------------- basic accessors
+    @property
+    def theta(self) -> np.ndarray:
+        """lme4's ``getME(m, "theta")``."""
+        return np.asarray(self.opt.theta)
+
+    @property
+    def fixef(self) -> pd.Series:
+        return pd.Series(self._beta, index=self.design.fixef_names, name="estimate")
+
+    @property
+    def sigma(self) -> float:
+        return self._sigma
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        names = self.design.fixef_names
+        return pd.DataFrame(self._sigma**2 * self._vcov_unscaled, index=names, columns=names)
+
+    @property
+    def nobs(self) -> int:
+        return self.design.n
+
+    @property
+    def n_dropped(self) -> int:
+        """Rows dropped because a used column was missing (R's na.omit)."""
+        return self.design.n_dropped
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        return {name: len(levels) for name, levels in zip(self.design.group_names, self.design.group_levels)}
+
+    @property
+    def npar(self) -> int:
+        """Fixed effects + theta + sigma (the ``df`` of ``logLik``)."""
+        return self.design.p + self.design.structure.n_theta + 1
+
+    @property
+    def loglik(self) -> float:
+        """Log-likelihood of the criterion fitted (the REML log-likelihood for REML fits), as R's logLik."""
+        return -0.5 * self._criterion
+
+    @property
+    def deviance(self) -> float:
+        """-2 x the ML log-likelihood at the estimates (lme4's ``deviance(m, REML = FALSE)``)."""
+        return self._ml_deviance
+
+    @property
+    def reml_criterion(self) -> float | None:
+        """The REML criterion at convergence (None for an ML fit)."""
+        return self._criterion if self.reml else None
+
+    @property
+    def aic(self) -> float:
+        return -2.0 * self.loglik + 2.0 * self.npar
+
+    @property
+    def bic(self) -> float:
+        return -2.0 * self.loglik + math.log(self.nobs) * self.npar
+
+    @property
+    def converged(self) -> bool:
+        return self.opt.converged
+
+    @property
+    def singular(self) -> bool:
+        """lme4's ``isSingular``: a theta entry with lower bound 0 below 1e-4."""
+        low = self.design.structure.lower
+        return bool(np.any(self.theta[low == 0] < SINGULAR_TOL))
+
+    # ----------------------------------------------------------- covariance parameters
+    def term_covariances(self) -> list[tuple[str, tuple[str, ...], np.ndarray]]:
+        """(unique group name, column names, σ²ΛΛᵀ) per random-effects term in lme4's order."""
+        out, seen = [], {}
+        for term in self.design.terms:
+            b = self.design.structure.blocks[term.block]
+            Lam = np.asarray(lambda_matrix(jnp.asarray(self.theta), b))[np.ix_(term.block_columns, term.block_columns)]
+            k = seen.get(term.group, 0)
+            seen[term.group] = k + 1
+            name = term.group if k == 0 else f"{term.group}.{k}"
+            out.append((name, term.columns, self._sigma**2 * Lam @ Lam.T))
+        return out
+
+    @property
+    def varcorr(self) -> pd.DataFrame:
+        """R's ``as.data.frame(VarCorr(m))``: grp, var1, var2, vcov, sdcor (with the Residual row)."""
+        rows = []
+        for name, cols, S in self.term_covariances():
+            sd = np.sqrt(np.diag(S))
+            rows += [(name, c, None, S[i, i], sd[i]) for i, c in enumerate(cols)]
+            for j in range(len(cols)):
+                for i in range(j + 1, len(cols)):
+                    cor = S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
+                    rows.append((name, cols[j], cols[i], S[i, j], cor))
+        rows.append(("Residual", None, None, self._sigma**2, self._sigma))
+        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+
+    # ----------------------------------------------------------- values
+    def _random_part(self, Z: list[np.ndarray], codes: list[np.ndarray]) -> np.ndarray:
+        out = np.zeros(Z[0].shape[0])
+        for Zk, ck, bk in zip(Z, codes, self._modes):
+            seen = ck >= 0
+            out[seen] += np.einsum("ij,ij->i", Zk[seen], bk[ck[seen]])
+        return out
+
+    def fitted(self) -> np.ndarray:
+        """Conditional fitted values ``Xβ̂ + Zb̂``."""
+        d = self.design
+        return d.X @ self._beta + self._random_part(d.Z, d.codes)
+
+    def residuals(self) -> np.ndarray:
+        """Response residuals ``y − fitted``."""
+        return self.design.y - self.fitted()
+
+    def predict(self, newdata: pd.DataFrame | None = None, re_form: str | None = None) -> np.ndarray:
+        """Predictions; ``re_form=None`` includes all random effects, ``"~0"`` (or ``"NA"``) none.
+
+        Levels not seen in the fit get the population-level prediction (random effect 0).
+        """
+        use_re = re_form is None
+        if not use_re and str(re_form).replace(" ", "") not in ("~0", "NA", "~1-1"):
+            raise ValueError("re_form must be None (all random effects) or '~0' (none)")
+        if newdata is None:
+            return self.fitted() if use_re else self.design.X @ self._beta
+        X, Z, codes = new_design_matrices(self.design, newdata)
+        pred = X @ self._beta
+        return pred + self._random_part(Z, codes) if use_re else pred
+
+    def __repr__(self) -> str:
+        kind = "REML" if self.reml else "ML"
+        return (f"<LinearMixedModel {self.formula!r} by {kind}: logLik {self.loglik:.4f}, "
+                f"{self.nobs} obs, groups {self.ngroups}>")
+
+
+# ---------------------------------------------------------------- the pipeline
+def fit_design(design: Design, reml: bool = True) -> LinearMixedModel:
+    """Optimise the criterion of an already built design and assemble the model."""
+    structure = design.structure
+    cp = crossproducts(design.y, design.X, design.codes, design.Z, structure)
+
+    def value_and_grad(theta):
+        f, g = criterion_value_and_grad(jnp.asarray(theta), cp, structure, reml)
+        return float(f), np.asarray(g)
+
+    def hessian(theta):
+        return np.asarray(criterion_hessian(jnp.asarray(theta), cp, structure, reml))
+
+    scale = theta_scale(design)
+    opt = minimize_theta(value_and_grad, hessian, theta_start(structure) * scale, structure.lower, scale)
+    if not opt.converged:
+        warnings.warn(f"Model failed to converge: {opt.message}", ConvergenceWarning, stacklevel=3)
+    return LinearMixedModel(design, cp, reml, opt)
+
+
+def lmer(formula: str, data: pd.DataFrame, reml: bool = True) -> LinearMixedModel:
+    """Fit a linear mixed model given by an lme4 formula, by REML (default) or ML."""
+    design = build_design(parse_formula(formula), data)
+    return fit_design(design, reml=reml)
