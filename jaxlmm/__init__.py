@@ -8,11 +8,13 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 from .errors import DataError, FormulaError, JaxlmmError, ModelComparisonError  # noqa: E402
+from .compare import anova  # noqa: E402
+from .datasets import load_seed  # noqa: E402
 from .formula import parse_formula  # noqa: E402
 from .model import ConvergenceWarning, LinearMixedModel, lmer  # noqa: E402
 
 __all__ = [
     "ConvergenceWarning", "DataError", "FormulaError", "JaxlmmError", "LinearMixedModel",
-    "ModelComparisonError", "lmer", "parse_formula",
+    "ModelComparisonError", "anova", "lmer", "load_seed", "parse_formula",
 ]
 __version__ = "0.1.0"

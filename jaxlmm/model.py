@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from . import rsq, tables
 from .crossprod import CrossProducts, crossproducts
 from .design import Design, build_design, new_design_matrices, theta_start
 from .deviance import (beta_hat, criterion, factorize, lambda_matrix, profiled_deviance, sigma_hat,
@@ -220,6 +221,50 @@ class LinearMixedModel:
         pred = X @ self._beta
         return pred + self._random_part(Z, codes) if use_re else pred
 
+    # ----------------------------------------------------------- tables (see tables.py, rsq.py)
+    def refit_ml(self) -> "LinearMixedModel":
+        """The same model fitted by ML (lme4's ``refitML``)."""
+        return self if not self.reml else fit_design(self.design, reml=False, cp=self.cp)
+
+    def coef_table(self) -> pd.DataFrame:
+        """lmerTest's coefficient table with Satterthwaite df and p-values."""
+        return tables.coef_table(self)
+
+    def tidy(self) -> pd.DataFrame:
+        """broom.mixed's ``tidy(m)``: fixed rows (Satterthwaite df, p) and ran_pars rows."""
+        return tables.tidy(self)
+
+    def ranef(self) -> pd.DataFrame:
+        """R's ``as.data.frame(ranef(m, condVar = TRUE))``."""
+        return tables.ranef(self)
+
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """R's ``coef(m)``: per grouping factor, fixed + random effects per level."""
+        return tables.coef(self)
+
+    def group_coefficients(self, group: str | None = None) -> pd.DataFrame:
+        """The seed workflow's per-group table (intercept, slope, group, ranef_intercept, ranef_x)."""
+        return tables.group_coefficients(self, group)
+
+    def rsq(self) -> dict[str, float]:
+        """R² of the rsq package (Zhang 2022): model, fixed, random."""
+        return rsq.rsq_lmm(self)
+
+    def r2_nakagawa(self) -> dict[str, float]:
+        """Nakagawa & Schielzeth's marginal and conditional R²."""
+        return rsq.r2_nakagawa(self)
+
+    def summary(self) -> str:
+        """lmerTest's ``summary(m)`` as text (also printed)."""
+        text = tables.summary_text(self)
+        print(text)
+        return text
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(tables.summary_text(self))}</pre>"
+
     def __repr__(self) -> str:
         kind = "REML" if self.reml else "ML"
         return (f"<LinearMixedModel {self.formula!r} by {kind}: logLik {self.loglik:.4f}, "
@@ -227,10 +272,11 @@ class LinearMixedModel:
 
 
 # ---------------------------------------------------------------- the pipeline
-def fit_design(design: Design, reml: bool = True) -> LinearMixedModel:
+def fit_design(design: Design, reml: bool = True, cp: CrossProducts | None = None) -> LinearMixedModel:
     """Optimise the criterion of an already built design and assemble the model."""
     structure = design.structure
-    cp = crossproducts(design.y, design.X, design.codes, design.Z, structure)
+    if cp is None:
+        cp = crossproducts(design.y, design.X, design.codes, design.Z, structure)
 
     def value_and_grad(theta):
         f, g = criterion_value_and_grad(jnp.asarray(theta), cp, structure, reml)
