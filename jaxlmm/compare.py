@@ -29,8 +29,12 @@ def ml_versions(models) -> list:
     return [m.refit_ml() if m.reml else m for m in models]
 
 
-def anova(*models, names: list[str] | None = None) -> pd.DataFrame:
-    """lme4's table: npar, AIC, BIC, logLik, deviance, Chisq, Df, Pr(>Chisq); models ordered by npar."""
+def anova(*models, names: list[str] | None = None, nsim: int = 0, seed: int | None = None) -> pd.DataFrame:
+    """lme4's table: npar, AIC, BIC, logLik, deviance, Chisq, Df, Pr(>Chisq); models ordered by npar.
+
+    With ``nsim > 0`` a column ``Pr(boot)`` adds, for each model against the one above it, the
+    parametric-bootstrap p-value of :func:`jaxlmm.pbtest` (``nsim`` simulations from the smaller model).
+    """
     if len(models) < 2:
         raise ModelComparisonError("anova needs at least two models")
     names = list(names) if names is not None else [f"m{k + 1}" for k in range(len(models))]
@@ -47,8 +51,16 @@ def anova(*models, names: list[str] | None = None) -> pd.DataFrame:
     with np.errstate(invalid="ignore"):
         p = np.where(df > 0, scipy.stats.chi2.sf(chisq, np.where(df > 0, df, 1)), np.nan)
     p[0] = np.nan
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {"npar": npar.astype(int), "AIC": [m.aic for m in fits], "BIC": [m.bic for m in fits], "logLik": loglik,
          "deviance": -2 * loglik, "Chisq": chisq, "Df": df, "Pr(>Chisq)": p},
         index=pd.Index([names[k] for k in order]),
     )
+    if nsim > 0:
+        from .bootstrap import pbtest
+
+        table["Pr(boot)"] = [np.nan] + [
+            pbtest(large, small, nsim, seed).p_boot if large.npar > small.npar else np.nan
+            for small, large in zip(fits, fits[1:])
+        ]
+    return table

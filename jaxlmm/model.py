@@ -74,6 +74,19 @@ def theta_scale(design: Design) -> np.ndarray:
     return scale
 
 
+def term_covariances(design: Design, theta: np.ndarray, sigma: float) -> list[tuple[str, tuple[str, ...], np.ndarray]]:
+    """(group name, column names, σ²ΛΛᵀ) per term in lme4's order; repeated groups named g, g.1, ..."""
+    out, seen = [], {}
+    for term in design.terms:
+        b = design.structure.blocks[term.block]
+        Lam = np.asarray(lambda_matrix(jnp.asarray(theta), b))[np.ix_(term.block_columns, term.block_columns)]
+        k = seen.get(term.group, 0)
+        seen[term.group] = k + 1
+        name = term.group if k == 0 else f"{term.group}.{k}"
+        out.append((name, term.columns, sigma**2 * Lam @ Lam.T))
+    return out
+
+
 # ---------------------------------------------------------------- the fitted model
 class LinearMixedModel:
     """A linear mixed model fitted by ML or REML; the attributes mirror lme4's accessors."""
@@ -166,15 +179,7 @@ class LinearMixedModel:
     # ----------------------------------------------------------- covariance parameters
     def term_covariances(self) -> list[tuple[str, tuple[str, ...], np.ndarray]]:
         """(unique group name, column names, σ²ΛΛᵀ) per random-effects term in lme4's order."""
-        out, seen = [], {}
-        for term in self.design.terms:
-            b = self.design.structure.blocks[term.block]
-            Lam = np.asarray(lambda_matrix(jnp.asarray(self.theta), b))[np.ix_(term.block_columns, term.block_columns)]
-            k = seen.get(term.group, 0)
-            seen[term.group] = k + 1
-            name = term.group if k == 0 else f"{term.group}.{k}"
-            out.append((name, term.columns, self._sigma**2 * Lam @ Lam.T))
-        return out
+        return term_covariances(self.design, self.theta, self._sigma)
 
     @property
     def varcorr(self) -> pd.DataFrame:
@@ -259,6 +264,25 @@ class LinearMixedModel:
         text = tables.summary_text(self)
         print(text)
         return text
+
+    # ----------------------------------------------------------- simulation (see bootstrap.py)
+    def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:
+        """lme4's ``simulate``: (n, nsim) responses with new random effects and residuals."""
+        from .bootstrap import simulate
+
+        return simulate(self, nsim, seed)
+
+    def bootstrap(self, nsim: int = 1000, seed: int | None = None, progress: bool | None = None):
+        """lme4's ``bootMer``: a :class:`~jaxlmm.batch.BatchFit` of ``nsim`` batched refits."""
+        from .bootstrap import bootstrap
+
+        return bootstrap(self, nsim, seed, progress)
+
+    def confint(self, method: str = "wald", level: float = 0.95, nsim: int = 1000, seed: int | None = None):
+        """Wald intervals for the fixed effects, or ``method="boot"`` percentile intervals for all parameters."""
+        from .bootstrap import confint
+
+        return confint(self, method, level, nsim, seed)
 
     def _repr_html_(self) -> str:
         import html

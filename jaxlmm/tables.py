@@ -24,17 +24,18 @@ def coef_table(model) -> pd.DataFrame:
     )
 
 
-def ran_pars(model) -> list[tuple[str, str, float]]:
-    """(group, term, estimate) rows as broom.mixed names them: sd__x, cor__x.z, then sd__Observation."""
+def ran_pars(covariances, sigma: float) -> list[tuple[str, str, float]]:
+    """(group, term, estimate) rows as broom.mixed names them: sd__x, cor__x.z, then sd__Observation;
+    ``covariances`` as from ``LinearMixedModel.term_covariances``."""
     rows = []
-    for name, cols, S in model.term_covariances():
+    for name, cols, S in covariances:
         sd = np.sqrt(np.diag(S))
         for i, c in enumerate(cols):
             rows.append((name, f"sd__{c}", sd[i]))
             for j in range(i + 1, len(cols)):
                 cor = S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
                 rows.append((name, f"cor__{c}.{cols[j]}", cor))
-    rows.append(("Residual", "sd__Observation", model.sigma))
+    rows.append(("Residual", "sd__Observation", sigma))
     return rows
 
 
@@ -46,7 +47,7 @@ def tidy(model) -> pd.DataFrame:
         "std.error": ct["Std. Error"].values, "statistic": ct["t value"].values, "df": ct["df"].values,
         "p.value": ct["Pr(>|t|)"].values,
     })
-    rand = pd.DataFrame(ran_pars(model), columns=["group", "term", "estimate"])
+    rand = pd.DataFrame(ran_pars(model.term_covariances(), model.sigma), columns=["group", "term", "estimate"])
     rand.insert(0, "effect", "ran_pars")
     for col in ("std.error", "statistic", "df", "p.value"):
         rand[col] = np.nan

@@ -1,0 +1,64 @@
+"""Batched refits: equal to one-at-a-time fits, reproducible, and the bootstrap LRT is sane."""
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import fitted
+
+import jaxlmm
+from jaxlmm.batch import fit_responses
+from jaxlmm.model import fit_design
+
+
+@pytest.fixture(scope="module")
+def slope_model():
+    return fitted("seed2_lmm3_ml")
+
+
+def test_batch_equals_single_fits(slope_model):
+    m = slope_model
+    Y = m.simulate(6, seed=3)
+    batch = fit_responses(m, Y)
+    assert batch.converged.all()
+    for b in range(Y.shape[1]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            single = fit_design(replace(m.design, y=Y[:, b]), reml=False)
+        assert batch.criterion[b] == pytest.approx(-2 * single.loglik, abs=1e-6)
+        np.testing.assert_allclose(batch.beta[b], single.fixef.values, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(batch.sigma[b], single.sigma, rtol=1e-5)
+
+
+def test_theta_is_canonical_and_reml_batch(slope_model):
+    batch = fit_responses(slope_model, slope_model.simulate(5, seed=4), reml=True)
+    low = slope_model.design.structure.lower
+    assert np.all(batch.theta[:, low == 0] >= 0)
+    frame = batch.to_frame()
+    assert set(frame.columns) == {"replicate", "term", "estimate", "converged"}
+    assert frame.replicate.nunique() == 5
+
+
+def test_simulation_and_bootstrap_reproducible(slope_model):
+    np.testing.assert_array_equal(slope_model.simulate(3, seed=9), slope_model.simulate(3, seed=9))
+    a = slope_model.bootstrap(8, seed=5)
+    b = slope_model.bootstrap(8, seed=5)
+    np.testing.assert_array_equal(a.theta, b.theta)
+
+
+def test_wrong_length_response_rejected(slope_model):
+    with pytest.raises(jaxlmm.DataError, match="rows"):
+        fit_responses(slope_model, np.zeros((slope_model.nobs + 1, 2)))
+
+
+def test_pbtest_against_chisq_and_ordering():
+    small, large = fitted("seed2_lmm1_ml"), fitted("seed2_lmm3_ml")
+    res = jaxlmm.pbtest(large, small, nsim=100, seed=1)
+    assert res.df == 2
+    assert res.n_failed == 0 and res.reference.size == 100
+    assert np.all(res.reference >= 0)
+    assert res.p_boot == pytest.approx((1 + np.sum(res.reference >= res.lrt)) / 101)
+    assert res.lrt == pytest.approx(2 * (large.loglik - small.loglik))
+    with pytest.raises(jaxlmm.ModelComparisonError):
+        jaxlmm.pbtest(small, large, nsim=10, seed=1)
