@@ -7,17 +7,27 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from .errors import DataError, FormulaError, JaxlmmError, ModelComparisonError  # noqa: E402
-from .batch import BatchFit, fit_batch  # noqa: E402
-from .bootstrap import pbtest  # noqa: E402
-from .compare import anova  # noqa: E402
-from .datasets import load_seed  # noqa: E402
-from .formula import parse_formula  # noqa: E402
-from .model import ConvergenceWarning, LinearMixedModel, lmer  # noqa: E402
+from .batch import BatchFit, fit_batch
+from .bootstrap import pbtest
+from .compare import anova
+from .datasets import load_seed
+from .errors import DataError, FormulaError, JaxlmmError, ModelComparisonError
+from .formula import parse_formula
+from .model import ConvergenceWarning, LinearMixedModel, lmer
 
 __all__ = [
-    "BatchFit", "fit_batch", "pbtest",
-    "ConvergenceWarning", "DataError", "FormulaError", "JaxlmmError", "LinearMixedModel",
-    "ModelComparisonError", "anova", "lmer", "load_seed", "parse_formula",
+    "BatchFit",
+    "ConvergenceWarning",
+    "DataError",
+    "FormulaError",
+    "JaxlmmError",
+    "LinearMixedModel",
+    "ModelComparisonError",
+    "anova",
+    "fit_batch",
+    "lmer",
+    "load_seed",
+    "parse_formula",
+    "pbtest",
 ]
 __version__ = "0.1.0"

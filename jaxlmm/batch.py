@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .crossprod import CrossProducts, response_products
-from .deviance import beta_hat, factorize, criterion, sigma_hat
 from .design import Structure
+from .deviance import beta_hat, criterion, factorize, sigma_hat
 
 Y_FIELDS = ("A1y", "A2y", "AXy", "yy")
 CP_AXES = CrossProducts(*(0 if f in Y_FIELDS else None for f in CrossProducts._fields))
@@ -73,7 +73,7 @@ def newton_fit(theta0, scale, cp: CrossProducts, structure: Structure, reml: boo
 
     f0, g0, H0 = fgh(theta0)
     init = (theta0, f0, g0, H0, jnp.asarray(1e-4), jnp.asarray(0), jnp.asarray(False))
-    theta, f, g, _, lam, it, _ = jax.lax.while_loop(lambda s: (~s[-1]) & (s[-2] < max_iter), step, init)
+    theta, f, g, _, _, it, _ = jax.lax.while_loop(lambda s: (~s[-1]) & (s[-2] < max_iter), step, init)
     fac = factorize(theta, cp, structure)
     converged = jnp.isfinite(f) & (jnp.max(jnp.abs(g * scale)) < 1e-3) & (it < max_iter)
     return {

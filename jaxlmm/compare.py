@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -61,6 +62,6 @@ def anova(*models, names: list[str] | None = None, nsim: int = 0, seed: int | No
 
         table["Pr(boot)"] = [np.nan] + [
             pbtest(large, small, nsim, seed).p_boot if large.npar > small.npar else np.nan
-            for small, large in zip(fits, fits[1:])
+            for small, large in itertools.pairwise(fits)
         ]
     return table

@@ -15,6 +15,7 @@ Conventions (as lme4):
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass, field
 
@@ -123,7 +124,7 @@ def evaluate(name: str, data: pd.DataFrame) -> pd.Series:
     ns.update(as_numeric=_FUNCTIONS["as.numeric"], as_factor=_FUNCTIONS["as.factor"])
     try:
         with np.errstate(all="ignore"):
-            value = eval(compile(code, "<formula>", "eval"), {"__builtins__": {}}, ns)  # noqa: S307
+            value = eval(compile(code, "<formula>", "eval"), {"__builtins__": {}}, ns)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of a user expression is a data error
@@ -367,8 +368,8 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
             )
         bars.append((len(bars), bar.group_name, tuple(cols), Zt, g.cat.codes.to_numpy().astype(np.int64), tuple(g.cat.categories), nlev))
     nl = [b[6] for b in bars]
-    if any(b > a for a, b in zip(nl, nl[1:])):  # lme4: rev(order(nl)), only when not already sorted
-        order = list(reversed(sorted(range(len(bars)), key=lambda k: nl[k])))
+    if any(b > a for a, b in itertools.pairwise(nl)):  # lme4: rev(order(nl)), only when not already sorted
+        order = list(reversed(sorted(range(len(bars)), key=lambda k: nl[k])))  # noqa: C413 - ties reversed, as R
         bars = [bars[k] for k in order]
 
     block_of: dict[str, int] = {}

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from .crossprod import CrossProducts
-from .deviance import factorize, unscaled_vcov, varpar_deviance
 from .design import Structure
+from .deviance import factorize, unscaled_vcov, varpar_deviance
 
 POSITIVE_TOL = 1e-8  # lmerTest's tolerance for the Hessian's eigenvalues
 

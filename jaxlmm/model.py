@@ -18,10 +18,17 @@ import pandas as pd
 
 from . import rsq, tables
 from .crossprod import CrossProducts, crossproducts
-from .design import Design, build_design, new_design_matrices, theta_start
-from .deviance import (beta_hat, criterion, factorize, lambda_matrix, profiled_deviance, sigma_hat,
-                       unscaled_vcov, varpar_deviance)
-from .design import Structure
+from .design import Design, Structure, build_design, new_design_matrices, theta_start
+from .deviance import (
+    beta_hat,
+    criterion,
+    factorize,
+    lambda_matrix,
+    profiled_deviance,
+    sigma_hat,
+    unscaled_vcov,
+    varpar_deviance,
+)
 from .formula import parse_formula
 from .modes import conditional_modes, conditional_variances
 from .optimize import OptSummary, minimize_theta
@@ -227,7 +234,7 @@ class LinearMixedModel:
         return pred + self._random_part(Z, codes) if use_re else pred
 
     # ----------------------------------------------------------- tables (see tables.py, rsq.py)
-    def refit_ml(self) -> "LinearMixedModel":
+    def refit_ml(self) -> LinearMixedModel:
         """The same model fitted by ML (lme4's ``refitML``)."""
         return self if not self.reml else fit_design(self.design, reml=False, cp=self.cp)
 

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from .crossprod import CrossProducts, block_offsets
-from .deviance import Factor, apply_lambda_rest, lambda_matrix, solve_lower_small
 from .design import Structure
+from .deviance import Factor, apply_lambda_rest, lambda_matrix, solve_lower_small
 
 
 def _M1_inverse(f: Factor) -> jnp.ndarray:

@@ -11,8 +11,8 @@ random-effects columns), because slopes of covariates measured in large units ha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import scipy.optimize

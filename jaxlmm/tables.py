@@ -77,7 +77,7 @@ def coef(model) -> dict[str, pd.DataFrame]:
         table = pd.DataFrame(np.tile(fe.values, (len(d.group_levels[k]), 1)), columns=fe.index,
                              index=pd.Index(d.group_levels[k], name=name))
         for j, c in enumerate(cols):
-            table[c] = (table[c] if c in table else 0.0) + model._modes[k][:, j]
+            table[c] = table.get(c, 0.0) + model._modes[k][:, j]
         out[name] = table
     return out
 

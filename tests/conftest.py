@@ -2,7 +2,7 @@
 
 import json
 import warnings
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ def load_data(name: str) -> pd.DataFrame:
     return data
 
 
-@lru_cache(maxsize=None)
+@cache
 def reference(name: str) -> dict:
     fx = json.loads((FIXTURES / "lme4" / f"{name}.json").read_text())
     if "theta" in fx:
@@ -35,7 +35,7 @@ def reference(name: str) -> dict:
     return fx
 
 
-@lru_cache(maxsize=None)
+@cache
 def fitted(name: str) -> jaxlmm.LinearMixedModel:
     fx = reference(name)
     with warnings.catch_warnings():
