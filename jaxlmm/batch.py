@@ -44,47 +44,59 @@ def canonical_theta(theta: jnp.ndarray, structure: Structure) -> jnp.ndarray:
     return jnp.where(diag < 0, -theta, theta)
 
 
-@partial(jax.jit, static_argnames=("structure", "reml", "max_iter"))
-def newton_fit(theta0, scale, cp: CrossProducts, structure: Structure, reml: bool, max_iter: int = 100,
-               gtol: float = 1e-7):
-    """Fit one response (vmap this): returns theta, beta, sigma, criterion, iterations, converged."""
-    def dev(theta):
-        return criterion(factorize(theta, cp, structure), cp.n, reml)
+def newton_steps(theta, lam, budget, scale, cp: CrossProducts, structure: Structure, reml: bool,
+                 gtol: float = 1e-6):
+    """Up to ``budget`` damped Newton steps for one response from (theta, lam); vmap this.
 
-    def fgh(theta):
-        f, g = jax.value_and_grad(dev)(theta)
-        return f, g, jax.jacfwd(jax.grad(dev))(theta)
+    Step: ``δ = −V (|Λ| + λ max|Λ|)⁻¹ Vᵀ g`` from the eigendecomposition ``H = VΛVᵀ`` (saddle-free
+    Newton); a step is taken only if it does not increase the criterion, and λ shrinks (×0.2) after a
+    success and grows (×10) after a failure.  Returns theta, lam, criterion, steps taken, done, and
+    whether the scaled gradient is below ``gtol``.
+    """
+    def dev(t):
+        return criterion(factorize(t, cp, structure), cp.n, reml)
+
+    def fgh(t):
+        f, g = jax.value_and_grad(dev)(t)
+        return f, g, jax.hessian(dev)(t)
+
+    def small_gradient(g):
+        return jnp.max(jnp.abs(g * scale)) < gtol
 
     def step(state):
         theta, f, g, H, lam, it, done = state
         e, V = jnp.linalg.eigh(H)
         e_abs = jnp.maximum(jnp.abs(e), 1e-10 * jnp.max(jnp.abs(e)))
-        delta = -V @ ((V.T @ g) / (e_abs + lam * jnp.max(e_abs)))
-        trial = theta + delta
+        trial = theta - V @ ((V.T @ g) / (e_abs + lam * jnp.max(e_abs)))
         ft, gt, Ht = fgh(trial)
-        accept = jnp.isfinite(ft) & (ft <= f) & jnp.all(jnp.isfinite(gt))
+        accept = jnp.isfinite(ft) & (ft <= f) & jnp.all(jnp.isfinite(gt)) & jnp.all(jnp.isfinite(Ht))
+        small_change = jnp.abs(ft - f) <= 1e-12 * (1.0 + jnp.abs(f))
         theta = jnp.where(accept, trial, theta)
-        small_change = jnp.abs(ft - f) <= 1e-13 * (1.0 + jnp.abs(f))
         f, g, H = jnp.where(accept, ft, f), jnp.where(accept, gt, g), jnp.where(accept, Ht, H)
         lam = jnp.where(accept, jnp.maximum(lam * 0.2, 1e-12), lam * 10.0)
-        converged = jnp.max(jnp.abs(g * scale)) < gtol
-        done = converged | (accept & small_change) | (lam > 1e8)
+        done = small_gradient(g) | (accept & small_change) | (lam > 1e8)
         return theta, f, g, H, lam, it + 1, done
 
-    f0, g0, H0 = fgh(theta0)
-    init = (theta0, f0, g0, H0, jnp.asarray(1e-4), jnp.asarray(0), jnp.asarray(False))
-    theta, f, g, _, _, it, _ = jax.lax.while_loop(lambda s: (~s[-1]) & (s[-2] < max_iter), step, init)
-    fac = factorize(theta, cp, structure)
-    converged = jnp.isfinite(f) & (jnp.max(jnp.abs(g * scale)) < 1e-3) & (it < max_iter)
-    return {
-        "theta": canonical_theta(theta, structure), "beta": beta_hat(fac), "sigma": sigma_hat(fac, cp.n, reml),
-        "criterion": f, "iterations": it, "converged": converged,
-    }
+    f0, g0, H0 = fgh(theta)
+    init = (theta, f0, g0, H0, lam, jnp.asarray(0), small_gradient(g0) | ~jnp.isfinite(f0))
+    theta, f, g, _, lam, it, done = jax.lax.while_loop(lambda s: (~s[-1]) & (s[-2] < budget), step, init)
+    return theta, lam, f, it, done, jnp.isfinite(f) & (jnp.max(jnp.abs(g * scale)) < 1e-3)
 
 
-@partial(jax.jit, static_argnames=("structure", "reml", "max_iter"))
-def _fit_lanes(theta0, scale, cp: CrossProducts, structure: Structure, reml: bool, max_iter: int = 100):
-    return jax.vmap(lambda c: newton_fit(theta0, scale, c, structure, reml, max_iter), in_axes=(CP_AXES,))(cp)
+@partial(jax.jit, static_argnames=("structure", "reml"))
+def _newton_lanes(theta, lam, budget, scale, cp: CrossProducts, structure: Structure, reml: bool):
+    return jax.vmap(lambda t, lm, c: newton_steps(t, lm, budget, scale, c, structure, reml),
+                    in_axes=(0, 0, CP_AXES))(theta, lam, cp)
+
+
+@partial(jax.jit, static_argnames=("structure", "reml"))
+def _estimates_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool):
+    """Canonical theta, β̂ and σ̂ per lane at the final theta."""
+    def one(t, c):
+        fac = factorize(t, c, structure)
+        return canonical_theta(t, structure), beta_hat(fac), sigma_hat(fac, c.n, reml)
+
+    return jax.vmap(one, in_axes=(0, CP_AXES))(theta, cp)
 
 
 def warm_start(theta: np.ndarray, structure: Structure, scale: np.ndarray, floor: float = 0.1) -> np.ndarray:
@@ -132,8 +144,13 @@ class BatchFit:
 
 
 def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: int = 1000,
-                  progress: bool | None = None) -> BatchFit:
-    """Fit ``model``'s formula to each column of ``Y`` (n, B), warm-started at the model's theta."""
+                  budget: int = 6, max_iter: int = 200, progress: bool | None = None) -> BatchFit:
+    """Fit ``model``'s formula to each column of ``Y`` (n, B), warm-started at the model's theta.
+
+    Lanes are scheduled in calls of ``chunk_size`` (one compiled shape): each call gives every lane up to
+    ``budget`` Newton steps; lanes that are not done return to the pool and fill the next call first, so
+    no call waits on a few slow lanes.  A lane still not done after ``max_iter`` steps is a failure.
+    """
     from .errors import DataError
     from .model import theta_scale
 
@@ -146,23 +163,38 @@ def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: in
     if not np.all(np.isfinite(Y)):
         raise DataError("responses contain missing or infinite values")
     reml = model.reml if reml is None else reml
-    scale = theta_scale(d)
-    theta0 = jnp.asarray(warm_start(model.theta, d.structure, scale))
-    results = []
     B = Y.shape[1]
-    starts = range(0, B, chunk_size)
-    for start in _progress(starts, progress, total=len(starts), desc="fitting"):
-        block = Y[:, start:start + chunk_size]
-        width = block.shape[1]
-        if width < chunk_size and B > chunk_size:  # pad the last chunk: one compiled shape
-            block = np.concatenate([block, np.repeat(block[:, :1], chunk_size - width, axis=1)], axis=1)
-        A1y, A2y, AXy, yy = response_products(block, d.X, d.codes, d.Z, d.structure)
-        cp = model.cp._replace(A1y=jnp.asarray(A1y), A2y=jnp.asarray(A2y), AXy=jnp.asarray(AXy), yy=jnp.asarray(yy))
-        out = jax.device_get(_fit_lanes(theta0, jnp.asarray(scale), cp, d.structure, reml))
-        results.append({k: np.asarray(v)[:width] for k, v in out.items()})
-    cat = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
-    return BatchFit(cat["theta"], cat["beta"], cat["sigma"], cat["criterion"], cat["converged"].astype(bool),
-                    cat["iterations"], list(d.fixef_names), reml)
+    scale = theta_scale(d)
+    products = dict(zip(Y_FIELDS, response_products(Y, d.X, d.codes, d.Z, d.structure)))
+    theta = np.tile(warm_start(model.theta, d.structure, scale), (B, 1))
+    lam = np.full(B, 1e-4)
+    steps = np.zeros(B, dtype=np.int64)
+    done = np.zeros(B, dtype=bool)
+    ok = np.zeros(B, dtype=bool)
+    crit = np.full(B, np.nan)
+    size = min(chunk_size, B)
+    bar = _progress(enabled=progress, total=B, desc="fitting")
+    while not done.all():
+        todo = np.flatnonzero(~done)
+        lanes = todo[np.argsort(steps[todo] == 0, kind="stable")][:size]  # started lanes first
+        padded = np.concatenate([lanes, np.repeat(lanes[:1], size - lanes.size)])
+        cp = model.cp._replace(**{k: jnp.asarray(v[padded]) for k, v in products.items()})
+        out = jax.device_get(_newton_lanes(jnp.asarray(theta[padded]), jnp.asarray(lam[padded]), budget,
+                                           jnp.asarray(scale), cp, d.structure, reml))
+        th, lm, f, it, dn, good = (np.asarray(a)[: lanes.size] for a in out)
+        theta[lanes], lam[lanes], crit[lanes], ok[lanes] = th, lm, f, good
+        steps[lanes] += it
+        finished = dn | (steps[lanes] >= max_iter)
+        done[lanes] = finished
+        if bar is not None:
+            bar.update(int(finished.sum()))
+    if bar is not None:
+        bar.close()
+    ok &= steps < max_iter
+    cp_all = model.cp._replace(**{k: jnp.asarray(v) for k, v in products.items()})
+    theta_c, beta, sigma = (np.asarray(a) for a in jax.device_get(
+        _estimates_lanes(jnp.asarray(theta), cp_all, d.structure, reml)))
+    return BatchFit(theta_c, beta, sigma, crit, ok, steps, list(d.fixef_names), reml)
 
 
 def fit_batch(formula: str, data: pd.DataFrame, responses: np.ndarray, reml: bool = True,
@@ -177,16 +209,14 @@ def fit_batch(formula: str, data: pd.DataFrame, responses: np.ndarray, reml: boo
                          progress=progress)
 
 
-def _progress(iterable, enabled: bool | None, total: int, desc: str):
-    """A tqdm bar when enabled (default: only on a terminal and for more than one chunk)."""
+def _progress(enabled: bool | None, total: int, desc: str):
+    """A tqdm bar over ``total`` items when enabled (default: only on a terminal, for large batches)."""
     import sys
 
     if enabled is None:
-        enabled = sys.stderr.isatty() and total > 1
+        enabled = sys.stderr.isatty() and total > 1000
     if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc)
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="fit")

@@ -29,6 +29,7 @@ from .crossprod import CrossProducts, block_offsets
 from .design import ReBlock, Structure
 
 LOG_2PI = math.log(2 * math.pi)
+UNROLL_MAX = 8  # matrices up to this size are factored by unrolled arithmetic
 
 
 class Factor(NamedTuple):
@@ -42,23 +43,76 @@ class Factor(NamedTuple):
 
 
 def lambda_matrix(theta: jnp.ndarray, block: ReBlock) -> jnp.ndarray:
-    """A block's q × q relative covariance factor Λ from theta (zeros where the template says -1)."""
-    index = jnp.array(block.theta_index)
-    return jnp.where(index >= 0, theta[jnp.maximum(index, 0)], 0.0)
+    """A block's q × q relative covariance factor Λ from theta (zeros where the template says -1).
+
+    Built from static indices (no gather), which keeps its derivatives cheap under ``vmap``.
+    """
+    zero = jnp.zeros_like(theta[..., 0])
+    return jnp.stack([jnp.stack([theta[..., t] if t >= 0 else zero for t in row], -1)
+                      for row in block.theta_index], -2)
+
+
+def _sum(terms, like):
+    """Sum of an iterable of arrays; zeros shaped like ``like`` when it is empty."""
+    total = None
+    for t in terms:
+        total = t if total is None else total + t
+    return jnp.zeros_like(like) if total is None else total
+
+
+def _cholesky_entries(M):
+    """Cholesky of a small SPD matrix held as nested lists of arrays (lower triangle used)."""
+    q = len(M)
+    L = [[None] * q for _ in range(q)]
+    for j in range(q):
+        L[j][j] = jnp.sqrt(M[j][j] - _sum((L[j][k] ** 2 for k in range(j)), M[j][j]))
+        for i in range(j + 1, q):
+            L[i][j] = (M[i][j] - _sum((L[i][k] * L[j][k] for k in range(j)), M[i][j])) / L[j][j]
+    return L
+
+
+def _stack_lower(L, like):
+    q = len(L)
+    zero = jnp.zeros_like(like)
+    return jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(q)], -1) for i in range(q)], -2)
 
 
 def cholesky_small(M: jnp.ndarray) -> jnp.ndarray:
     """Cholesky factors of a stack of small SPD matrices (..., q, q), unrolled over q."""
     q = M.shape[-1]
-    L = [[None] * q for _ in range(q)]
-    for j in range(q):
-        d = M[..., j, j] - sum((L[j][k] ** 2 for k in range(j)), jnp.zeros_like(M[..., j, j]))
-        L[j][j] = jnp.sqrt(d)
-        for i in range(j + 1, q):
-            s = M[..., i, j] - sum((L[i][k] * L[j][k] for k in range(j)), jnp.zeros_like(d))
-            L[i][j] = s / L[j][j]
-    zero = jnp.zeros_like(M[..., 0, 0])
-    return jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(q)], -1) for i in range(q)], -2)
+    L = _cholesky_entries([[M[..., i, j] for j in range(q)] for i in range(q)])
+    return _stack_lower(L, M[..., 0, 0])
+
+
+def first_block(theta: jnp.ndarray, block: ReBlock, A11: jnp.ndarray, A1XY: jnp.ndarray):
+    """Block 1 of the factor, element-wise over its q × q per-level blocks (no small matmuls).
+
+    Returns ``L₁`` (Cholesky of ``M₁ⱼ = Λ₁ᵀA₁₁ⱼΛ₁ + I``), ``V₁ = L₁⁻¹Λ₁ᵀ``, ``U₁ = V₁A₁XY`` and
+    ``log|M₁|``; Λ₁'s structural zeros are skipped at trace time.
+    """
+    q = block.q
+    lam = [[theta[..., t] if t >= 0 else None for t in row] for row in block.theta_index]  # lam[r][c]
+    g0 = A11[..., 0, 0]
+    AL = [[_sum((A11[..., r, s] * lam[s][j] for s in range(q) if lam[s][j] is not None), g0)
+           for j in range(q)] for r in range(q)]  # A₁₁Λ₁
+    M = [[_sum((lam[r][i] * AL[r][j] for r in range(q) if lam[r][i] is not None), g0) + (1.0 if i == j else 0.0)
+          for j in range(q)] for i in range(q)]
+    L = _cholesky_entries(M)
+    V = [[None] * q for _ in range(q)]
+    for c in range(q):  # forward substitution for each column of Λ₁ᵀ
+        for i in range(q):
+            rhs = lam[c][i] if lam[c][i] is not None else 0.0
+            V[i][c] = (rhs - _sum((L[i][k] * V[k][c] for k in range(i)), g0)) / L[i][i]
+    U = jnp.stack([_sum((V[k][r][..., None] * A1XY[..., r, :] for r in range(q)), A1XY[..., 0, :])
+                   for k in range(q)], -2)
+    logdet = 2.0 * _sum((jnp.sum(jnp.log(L[i][i]), -1) for i in range(q)), g0[..., 0])
+    V1 = jnp.stack([jnp.stack([V[i][c] for c in range(q)], -1) for i in range(q)], -2)
+    return _stack_lower(L, g0), V1, U, logdet
+
+
+def cholesky(S: jnp.ndarray) -> jnp.ndarray:
+    """Cholesky factor: unrolled for small matrices (cheap derivatives under ``vmap``), LAPACK otherwise."""
+    return cholesky_small(S) if S.shape[-1] <= UNROLL_MAX else jnp.linalg.cholesky(S)
 
 
 def solve_lower_small(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
@@ -89,16 +143,10 @@ def _bordered(A_X: jnp.ndarray, A_y: jnp.ndarray) -> jnp.ndarray:
 
 def factorize(theta: jnp.ndarray, cp: CrossProducts, structure: Structure) -> Factor:
     """Blocked Cholesky factor of ``[ΛᵀZᵀZΛ + I, ΛᵀZᵀ[X y]; ·, [X y]ᵀ[X y]]`` at theta."""
-    b1 = structure.blocks[0]
-    Lam1 = lambda_matrix(theta, b1)
-    M1 = jnp.einsum("ri,grs,sj->gij", Lam1, cp.A11, Lam1) + jnp.eye(b1.q)
-    L1 = cholesky_small(M1)
-    V1 = solve_lower_small(L1, jnp.broadcast_to(Lam1.T, M1.shape))
     A1XY = _bordered(cp.A1X, cp.A1y)  # (G, q, p+1)
-    U1 = jnp.einsum("gkr,grc->gkc", V1, A1XY)  # L₁⁻¹Λ₁ᵀA₁XY
+    L1, V1, U1, logdet = first_block(theta, structure.blocks[0], cp.A11, A1XY)
     AXY = jnp.block([[cp.AXX, cp.AXy[:, None]], [cp.AXy[None, :], cp.yy[None, None]]])
-    S = AXY - jnp.einsum("gkc,gkd->cd", U1, U1)
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.stack([L1[:, i, i] for i in range(b1.q)])))
+    S = AXY - jnp.sum(U1[..., :, :, None] * U1[..., :, None, :], axis=(0, 1))
     p2 = cp.A22.shape[0]
     if p2:
         W1 = jnp.einsum("gkr,gks->grs", V1, V1)
@@ -115,7 +163,7 @@ def factorize(theta: jnp.ndarray, cp: CrossProducts, structure: Structure) -> Fa
         logdet = logdet + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L2)))
     else:
         L2 = jnp.zeros((0, 0))
-    return Factor(logdet, L1, V1, L2, jnp.linalg.cholesky(S))
+    return Factor(logdet, L1, V1, L2, cholesky(S))
 
 
 def criterion(f: Factor, n: jnp.ndarray, reml: bool) -> jnp.ndarray:
