@@ -30,11 +30,13 @@ def ml_versions(models) -> list:
     return [m.refit_ml() if m.reml else m for m in models]
 
 
-def anova(*models, names: list[str] | None = None, nsim: int = 0, seed: int | None = None) -> pd.DataFrame:
+def anova(*models, names: list[str] | None = None, nsim: int = 0, seed: int | None = None,
+          progress: bool | None = None) -> pd.DataFrame:
     """lme4's table: npar, AIC, BIC, logLik, deviance, Chisq, Df, Pr(>Chisq); models ordered by npar.
 
     With ``nsim > 0`` a column ``Pr(boot)`` adds, for each model against the one above it, the
-    parametric-bootstrap p-value of :func:`jaxlmm.pbtest` (``nsim`` simulations from the smaller model).
+    parametric-bootstrap p-value of :func:`jaxlmm.pbtest` (``nsim`` simulations from the smaller model);
+    ``progress`` shows its progress bars (default: on a terminal).
     """
     if len(models) < 2:
         raise ModelComparisonError("anova needs at least two models")
@@ -61,7 +63,7 @@ def anova(*models, names: list[str] | None = None, nsim: int = 0, seed: int | No
         from .bootstrap import pbtest
 
         table["Pr(boot)"] = [np.nan] + [
-            pbtest(large, small, nsim, seed).p_boot if large.npar > small.npar else np.nan
+            pbtest(large, small, nsim, seed, progress).p_boot if large.npar > small.npar else np.nan
             for small, large in itertools.pairwise(fits)
         ]
     return table

@@ -1,0 +1,276 @@
+"""The ``jaxlmm`` command line: lme4's ``lmer``, ``anova`` and pbkrtest's ``PBmodcomp`` on a CSV or Parquet file.
+
+    jaxlmm fit DATA FORMULA [--reml | --ml] [--json] [--coefs OUT.csv]
+    jaxlmm anova DATA F1 F2 [F3 ...] [--names N1,N2,...] [--reml | --ml] [--nsim N --seed S] [--json]
+    jaxlmm pbtest DATA LARGE SMALL [--reml | --ml] [--nsim N --seed S] [--json]
+
+Exit status: 0 on success, 2 for a usage error or bad input (one line on stderr, ``jaxlmm: error: ...``),
+1 for an unexpected internal error (one line; ``--traceback`` shows where).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .bootstrap import PBTest, pbtest
+from .compare import anova
+from .errors import DataError, FormulaError, JaxlmmError
+from .model import LinearMixedModel, lmer
+
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip", ".zst")
+
+
+# ---------------------------------------------------------------- input
+def data_format(path: Path) -> str:
+    """``"csv"``, ``"tsv"`` or ``"parquet"`` from the file name (a compression suffix such as .gz is skipped)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes.pop()
+    kind = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}.get(suffixes[-1] if suffixes else "")
+    if kind is None:
+        raise DataError(f"cannot read {path}: unknown file type (use .csv, .tsv, .parquet or .pq)")
+    return kind
+
+
+def read_data(path: str | Path) -> pd.DataFrame:
+    """Read a data file as R's ``read.csv`` would feed ``lmer``; any problem becomes a one-line DataError."""
+    path = Path(path)
+    kind = data_format(path)
+    if not path.is_file():
+        raise DataError(f"cannot read {path}: {'not a file' if path.exists() else 'no such file'}")
+    try:
+        if kind == "parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+    except ImportError as exc:
+        raise DataError(f"cannot read {path}: Parquet needs pyarrow (pip install pyarrow): {exc}") from None
+    except (OSError, ValueError) as exc:  # pandas' ParserError/EmptyDataError, UnicodeDecodeError, ArrowInvalid
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"cannot read {path} as {kind}: {reason}") from None
+
+
+def use_compilation_cache() -> None:
+    """Keep JAX's compiled kernels between runs (XLA's persistent cache) so that a second ``jaxlmm`` call on
+    models of the same shape skips compilation: in ``$JAXLMM_CACHE_DIR`` (empty: off), else
+    ``$XDG_CACHE_HOME/jaxlmm/xla`` or ``~/.cache/jaxlmm/xla``; a cache set up through JAX's own
+    ``JAX_COMPILATION_CACHE_DIR`` is left alone."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return
+    folder = os.environ.get("JAXLMM_CACHE_DIR")
+    if folder is None:
+        folder = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxlmm" / "xla")
+    if folder:
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def fit_models(data: pd.DataFrame, formulas: list[str], reml: bool) -> list[LinearMixedModel]:
+    """One ``lmer`` fit per formula."""
+    return [lmer(f, data, reml=reml) for f in formulas]
+
+
+# ---------------------------------------------------------------- output
+def plain(value):
+    """``value`` with numpy scalars, NaN and containers turned into what ``json.dumps`` writes (NaN -> null)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [plain(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) or math.isinf(value) else float(value)
+    if value is None or isinstance(value, str):
+        return value
+    return None if pd.isna(value) else str(value)
+
+
+def records(table: pd.DataFrame) -> list[dict]:
+    """A table's rows as dicts (the index is left out)."""
+    return table.to_dict(orient="records")
+
+
+def model_json(m: LinearMixedModel) -> dict:
+    """The fitted model's numbers: what ``summary``, ``tidy``, ``VarCorr``, ``logLik`` etc. report in R."""
+    return {
+        "formula": m.formula, "reml": m.reml, "nobs": m.nobs, "n_dropped": m.n_dropped, "ngroups": m.ngroups,
+        "fixef": m.fixef.to_dict(), "tidy": records(m.tidy()), "varcorr": records(m.varcorr),
+        "sigma": m.sigma, "theta": m.theta, "loglik": m.loglik, "aic": m.aic, "bic": m.bic,
+        "deviance": m.deviance, "reml_criterion": m.reml_criterion, "converged": m.converged,
+        "singular": m.singular,
+    }
+
+
+def pbtest_text(test: PBTest, large: str, small: str) -> str:
+    """What pbkrtest's ``PBmodcomp`` prints: the samples used, the two models, the LRT and PBtest rows."""
+    extremes = int(np.sum(test.reference >= test.lrt))
+    used = test.reference.size
+    return "\n".join([
+        f"Bootstrap test; samples: {used} of {test.nsim} ({test.n_failed} failed); extremes: {extremes};",
+        f"large : {large}",
+        f"small : {small}",
+        test.table().to_string(),
+    ])
+
+
+def write_csv(table: pd.DataFrame, path: str) -> None:
+    try:
+        table.to_csv(path, index=False)
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def dump(obj) -> None:
+    print(json.dumps(plain(obj), indent=2, allow_nan=False))
+
+
+# ---------------------------------------------------------------- commands
+def cmd_fit(args: argparse.Namespace) -> None:
+    """``summary(lmer(formula, data))``, or its numbers as JSON; ``--coefs`` writes the per-group table."""
+    (m,) = fit_models(read_data(args.data), [args.formula], args.reml)
+    if args.coefs:
+        write_csv(m.group_coefficients(), args.coefs)
+    if args.json:
+        dump(model_json(m))
+    else:
+        m.summary()
+
+
+def cmd_anova(args: argparse.Namespace) -> None:
+    """lme4's ``anova(m1, m2, ...)`` (REML fits refitted by ML), with ``Pr(boot)`` when ``--nsim`` > 0."""
+    names = args.names or [f"m{k + 1}" for k in range(len(args.formulas))]
+    if len(names) != len(args.formulas):
+        raise DataError(f"--names gives {len(names)} name(s) for {len(args.formulas)} models")
+    models = fit_models(read_data(args.data), args.formulas, args.reml)
+    table = anova(*models, names=names, nsim=args.nsim, seed=args.seed, progress=args.progress)
+    if args.json:
+        dump([{"model": name, **row} for name, row in zip(table.index, records(table))])
+    else:
+        print(table.to_string())
+
+
+def cmd_pbtest(args: argparse.Namespace) -> None:
+    """pbkrtest's ``PBmodcomp(large, small, nsim)``."""
+    large, small = fit_models(read_data(args.data), [args.large, args.small], args.reml)
+    test = pbtest(large, small, nsim=args.nsim, seed=args.seed, progress=args.progress)
+    if args.json:
+        dump({"large": args.large, "small": args.small, "nsim": test.nsim, "n_failed": test.n_failed,
+              "lrt": test.lrt, "df": test.df, "p_chisq": test.p_chisq, "p_boot": test.p_boot})
+    else:
+        print(pbtest_text(test, args.large, args.small))
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="a .csv, .tsv or .parquet file (a .gz etc. compressed CSV works too)")
+    crit = p.add_mutually_exclusive_group()
+    crit.add_argument("--reml", dest="reml", action="store_true", default=True, help="fit by REML (default, as lmer)")
+    crit.add_argument("--ml", dest="reml", action="store_false", help="fit by maximum likelihood")
+    p.add_argument("--json", action="store_true", help="print JSON instead of R-style text")
+
+
+def _bootstrap_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=None, help="random seed of the simulations")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+                   help="no progress bar (it shows only on a terminal anyway)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxlmm", description="Linear mixed models (lme4's lmer) in JAX.")
+    parser.add_argument("--version", action="version", version=f"jaxlmm {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="show the traceback of an internal error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,anova,pbtest}")
+
+    p = sub.add_parser("fit", help="fit one model and print lmerTest's summary",
+                       description="Fit an lme4 formula and print lmerTest's summary (or --json).")
+    _common(p)
+    p.add_argument("formula", help='lme4 formula, e.g. "y ~ x + (1 | Group)"')
+    p.add_argument("--coefs", metavar="OUT.csv", help="write the per-group coefficients to this CSV")
+    p.set_defaults(run=cmd_fit)
+
+    p = sub.add_parser("anova", help="likelihood-ratio table of nested models (lme4's anova)",
+                       description="Fit each formula and print anova(m1, m2, ...); REML fits are refitted by ML.")
+    _common(p)
+    p.add_argument("formulas", nargs="+", metavar="FORMULA", help="two or more lme4 formulas")
+    p.add_argument("--names", type=lambda text: text.split(","), metavar="N1,N2,...",
+                   help="comma-separated model names (default m1,m2,...)")
+    p.add_argument("--nsim", type=at_least(0), default=0,
+                   help="add a parametric-bootstrap Pr(boot) column from N simulations per pair")
+    _bootstrap_options(p)
+    p.set_defaults(run=cmd_anova)
+
+    p = sub.add_parser("pbtest", help="parametric bootstrap LRT (pbkrtest's PBmodcomp)",
+                       description="Parametric bootstrap likelihood-ratio test of SMALL nested in LARGE.")
+    _common(p)
+    p.add_argument("large", help="the larger model's formula")
+    p.add_argument("small", help="the smaller model's formula")
+    p.add_argument("--nsim", type=at_least(1), default=1000, help="number of simulations (default 1000)")
+    _bootstrap_options(p)
+    p.set_defaults(run=cmd_pbtest)
+    return parser
+
+
+def error_line(exc: Exception) -> str:
+    """One line naming the problem; a formula error says where (FormulaError's caret picture is dropped)."""
+    if isinstance(exc, FormulaError):
+        first = str(exc).splitlines()[0].rstrip(":")
+        return f"bad formula: {first} in {exc.formula!r}" if exc.formula else f"bad formula: {first}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"jaxlmm: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jaxlmm`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    use_compilation_cache()
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            args.run(args)
+        except JaxlmmError as exc:
+            print(f"jaxlmm: error: {error_line(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("jaxlmm: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if args.traceback:
+                raise
+            print(f"jaxlmm: internal error: {type(exc).__name__}: {error_line(exc)} "
+                  "(rerun with --traceback and report it)", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
