@@ -1,9 +1,9 @@
 """Batched refits: B response vectors sharing one design, fitted in one compiled, vmapped call.
 
 The fixed-design cross-products are computed once; per replicate only the y-dependent pieces
-(``A1y``, ``A2y``, ``AXy``, ``yy``) differ, so a batch is a batch of those arrays.  Each lane runs a
-saddle-free damped Newton method (|eigenvalues| of the exact Hessian plus Levenberg damping) inside a
-``lax.while_loop`` with a per-lane done flag.  theta is optimised without bounds: the criterion is even
+(``A1y``, ``A2y``, ``AXy``, ``yy``) differ, so a batch is a batch of those arrays.  Each lane runs BFGS
+with exact autodiff gradients, started from the fitted model's Hessian, inside a ``lax.while_loop``
+with a per-lane done flag.  theta is optimised without bounds: the criterion is even
 in each column of Λ (flipping a column's sign changes nothing), so the bound ``θ_ii >= 0`` is restored
 afterwards by flipping the columns whose diagonal came out negative, and the saddle at ``θ_ii = 0`` is
 never a stopping point.
@@ -44,49 +44,64 @@ def canonical_theta(theta: jnp.ndarray, structure: Structure) -> jnp.ndarray:
     return jnp.where(diag < 0, -theta, theta)
 
 
-def newton_steps(theta, lam, budget, scale, cp: CrossProducts, structure: Structure, reml: bool,
-                 gtol: float = 1e-6):
-    """Up to ``budget`` damped Newton steps for one response from (theta, lam); vmap this.
+def bfgs_steps(theta, inv_hessian, step_length, budget, scale, cp: CrossProducts, structure: Structure, reml: bool,
+               gtol: float = 1e-6):
+    """Up to ``budget`` BFGS steps for one response from (theta, inverse Hessian, step length); vmap this.
 
-    Step: ``δ = −V (|Λ| + λ max|Λ|)⁻¹ Vᵀ g`` from the eigendecomposition ``H = VΛVᵀ`` (saddle-free
-    Newton); a step is taken only if it does not increase the criterion, and λ shrinks (×0.2) after a
-    success and grows (×10) after a failure.  Returns theta, lam, criterion, steps taken, done, and
-    whether the scaled gradient is below ``gtol``.
+    Each step costs one criterion-and-gradient evaluation: ``d = −B g``, Armijo backtracking (a rejected
+    trial quarters the step and counts as a step), then the BFGS update of ``B`` (Nocedal & Wright 2006,
+    eq. 6.17).  Started from the fitted model's Hessian, which every replicate of the same design shares
+    closely, it converges in about as many steps as Newton's method at a sixth of the cost.
+    Returns theta, B, the step length, the criterion, the steps taken, done, and whether the scaled
+    gradient is small (the state carries over between calls).
     """
-    def dev(t):
-        return criterion(factorize(t, cp, structure), cp.n, reml)
-
-    def fgh(t):
-        f, g = jax.value_and_grad(dev)(t)
-        return f, g, jax.hessian(dev)(t)
+    value_and_grad = jax.value_and_grad(lambda t: criterion(factorize(t, cp, structure), cp.n, reml))
+    eye = jnp.eye(theta.shape[0])
 
     def small_gradient(g):
         return jnp.max(jnp.abs(g * scale)) < gtol
 
     def step(state):
-        theta, f, g, H, lam, it, done = state
-        e, V = jnp.linalg.eigh(H)
-        e_abs = jnp.maximum(jnp.abs(e), 1e-10 * jnp.max(jnp.abs(e)))
-        trial = theta - V @ ((V.T @ g) / (e_abs + lam * jnp.max(e_abs)))
-        ft, gt, Ht = fgh(trial)
-        accept = jnp.isfinite(ft) & (ft <= f) & jnp.all(jnp.isfinite(gt)) & jnp.all(jnp.isfinite(Ht))
-        small_change = jnp.abs(ft - f) <= 1e-12 * (1.0 + jnp.abs(f))
-        theta = jnp.where(accept, trial, theta)
-        f, g, H = jnp.where(accept, ft, f), jnp.where(accept, gt, g), jnp.where(accept, Ht, H)
-        lam = jnp.where(accept, jnp.maximum(lam * 0.2, 1e-12), lam * 10.0)
-        done = small_gradient(g) | (accept & small_change) | (lam > 1e8)
-        return theta, f, g, H, lam, it + 1, done
+        theta, f, g, B, t, it, done = state
+        d = -B @ g
+        descent = g @ d < 0
+        d = jnp.where(descent, d, -g * scale**2)  # fall back to scaled steepest descent
+        slope = g @ d
+        trial = theta + t * d
+        ft, gt = value_and_grad(trial)
+        accept = jnp.isfinite(ft) & jnp.all(jnp.isfinite(gt)) & (ft <= f + 1e-4 * t * slope)
+        s, y = trial - theta, gt - g
+        sy = s @ y
+        rho = 1.0 / jnp.where(sy > 1e-14, sy, 1.0)
+        updated = (eye - rho * jnp.outer(s, y)) @ B @ (eye - rho * jnp.outer(y, s)) + rho * jnp.outer(s, s)
+        B = jnp.where(accept & (sy > 1e-14), updated, B)
+        small_change = accept & (jnp.abs(ft - f) <= 1e-12 * (1.0 + jnp.abs(f)))
+        theta, f, g = jnp.where(accept, trial, theta), jnp.where(accept, ft, f), jnp.where(accept, gt, g)
+        t = jnp.where(accept, 1.0, t * 0.25)
+        done = small_gradient(g) | small_change | (t < 1e-10)
+        return theta, f, g, B, t, it + 1, done
 
-    f0, g0, H0 = fgh(theta)
-    init = (theta, f0, g0, H0, lam, jnp.asarray(0), small_gradient(g0) | ~jnp.isfinite(f0))
-    theta, f, g, _, lam, it, done = jax.lax.while_loop(lambda s: (~s[-1]) & (s[-2] < budget), step, init)
-    return theta, lam, f, it, done, jnp.isfinite(f) & (jnp.max(jnp.abs(g * scale)) < 1e-3)
+    f0, g0 = value_and_grad(theta)
+    init = (theta, f0, g0, inv_hessian, step_length, jnp.asarray(0), small_gradient(g0) | ~jnp.isfinite(f0))
+    theta, f, g, B, t, it, done = jax.lax.while_loop(lambda s: (~s[-1]) & (s[-2] < budget), step, init)
+    return theta, B, t, f, it, done, jnp.isfinite(f) & (jnp.max(jnp.abs(g * scale)) < 1e-3)
 
 
 @partial(jax.jit, static_argnames=("structure", "reml"))
-def _newton_lanes(theta, lam, budget, scale, cp: CrossProducts, structure: Structure, reml: bool):
-    return jax.vmap(lambda t, lm, c: newton_steps(t, lm, budget, scale, c, structure, reml),
-                    in_axes=(0, 0, CP_AXES))(theta, lam, cp)
+def _bfgs_lanes(theta, inv_hessian, step_length, budget, scale, cp: CrossProducts, structure: Structure,
+                reml: bool):
+    return jax.vmap(lambda t, b, s, c: bfgs_steps(t, b, s, budget, scale, c, structure, reml),
+                    in_axes=(0, 0, 0, CP_AXES))(theta, inv_hessian, step_length, cp)
+
+
+def start_inverse_hessian(model, theta: np.ndarray, reml: bool) -> np.ndarray:
+    """|H|⁻¹ of the fitted model's criterion at ``theta`` (eigenvalues made positive), BFGS's start."""
+    from .model import criterion_hessian
+
+    H = np.asarray(criterion_hessian(jnp.asarray(theta), model.cp, model.design.structure, reml))
+    e, V = np.linalg.eigh(H)
+    e = np.maximum(np.abs(e), 1e-8 * max(np.abs(e).max(), 1e-300))
+    return (V / e) @ V.T
 
 
 @partial(jax.jit, static_argnames=("structure", "reml"))
@@ -144,45 +159,60 @@ class BatchFit:
 
 
 def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: int = 1000,
-                  budget: int = 6, max_iter: int = 200, progress: bool | None = None) -> BatchFit:
-    """Fit ``model``'s formula to each column of ``Y`` (n, B), warm-started at the model's theta.
-
-    Lanes are scheduled in calls of ``chunk_size`` (one compiled shape): each call gives every lane up to
-    ``budget`` Newton steps; lanes that are not done return to the pool and fill the next call first, so
-    no call waits on a few slow lanes.  A lane still not done after ``max_iter`` steps is a failure.
-    """
+                  progress: bool | None = None) -> BatchFit:
+    """Fit ``model``'s formula to each column of ``Y`` (n, B), warm-started at the model's theta."""
     from .errors import DataError
-    from .model import theta_scale
 
     d = model.design
     Y = np.asarray(Y, dtype=float)
     if Y.ndim == 1:
         Y = Y[:, None]
-    if Y.shape[0] != d.n:
+    if Y.ndim != 2 or Y.shape[0] != d.n:
         raise DataError(f"responses have {Y.shape[0]} rows; the model has {d.n} observations")
     if not np.all(np.isfinite(Y)):
         raise DataError("responses contain missing or infinite values")
-    reml = model.reml if reml is None else reml
-    B = Y.shape[1]
-    scale = theta_scale(d)
     products = dict(zip(Y_FIELDS, response_products(Y, d.X, d.codes, d.Z, d.structure)))
-    theta = np.tile(warm_start(model.theta, d.structure, scale), (B, 1))
-    lam = np.full(B, 1e-4)
+    return fit_products(model, products, reml, chunk_size, progress=progress)
+
+
+def fit_products(model, products: dict[str, np.ndarray], reml: bool | None = None, chunk_size: int = 1000,
+                 budget: int = 10, max_iter: int = 300, progress: bool | None = None) -> BatchFit:
+    """Fit B responses given by their cross-products with the design (``Y_FIELDS``, batch axis first).
+
+    Lanes are scheduled in calls of ``chunk_size`` (one compiled shape): each call gives every lane up to
+    ``budget`` BFGS steps; lanes that are not done return to the pool and fill the next call first, so
+    no call waits on a few slow lanes.  A lane still not done after ``max_iter`` steps is a failure.
+    """
+    from .model import theta_scale
+
+    d = model.design
+    reml = model.reml if reml is None else reml
+    B = products["yy"].shape[0]
+    scale = theta_scale(d)
+    start = warm_start(model.theta, d.structure, scale)
+    theta = np.tile(start, (B, 1))
+    inv_hessian = np.tile(start_inverse_hessian(model, start, reml), (B, 1, 1))
+    step_length = np.ones(B)
     steps = np.zeros(B, dtype=np.int64)
     done = np.zeros(B, dtype=bool)
     ok = np.zeros(B, dtype=bool)
     crit = np.full(B, np.nan)
     size = min(chunk_size, B)
+
+    def lane_products(lanes):
+        padded = np.concatenate([lanes, np.repeat(lanes[:1], size - lanes.size)])
+        return padded, model.cp._replace(**{k: jnp.asarray(v[padded]) for k, v in products.items()})
+
     bar = _progress(enabled=progress, total=B, desc="fitting")
     while not done.all():
         todo = np.flatnonzero(~done)
         lanes = todo[np.argsort(steps[todo] == 0, kind="stable")][:size]  # started lanes first
-        padded = np.concatenate([lanes, np.repeat(lanes[:1], size - lanes.size)])
-        cp = model.cp._replace(**{k: jnp.asarray(v[padded]) for k, v in products.items()})
-        out = jax.device_get(_newton_lanes(jnp.asarray(theta[padded]), jnp.asarray(lam[padded]), budget,
-                                           jnp.asarray(scale), cp, d.structure, reml))
-        th, lm, f, it, dn, good = (np.asarray(a)[: lanes.size] for a in out)
-        theta[lanes], lam[lanes], crit[lanes], ok[lanes] = th, lm, f, good
+        padded, cp = lane_products(lanes)
+        out = jax.device_get(_bfgs_lanes(jnp.asarray(theta[padded]), jnp.asarray(inv_hessian[padded]),
+                                         jnp.asarray(step_length[padded]), budget, jnp.asarray(scale), cp,
+                                         d.structure, reml))
+        th, bi, sl, f, it, dn, good = (np.asarray(a)[: lanes.size] for a in out)
+        theta[lanes], inv_hessian[lanes], step_length[lanes], crit[lanes], ok[lanes] = th, bi, sl, f, good
         steps[lanes] += it
         finished = dn | (steps[lanes] >= max_iter)
         done[lanes] = finished
@@ -191,10 +221,15 @@ def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: in
     if bar is not None:
         bar.close()
     ok &= steps < max_iter
-    cp_all = model.cp._replace(**{k: jnp.asarray(v) for k, v in products.items()})
-    theta_c, beta, sigma = (np.asarray(a) for a in jax.device_get(
-        _estimates_lanes(jnp.asarray(theta), cp_all, d.structure, reml)))
-    return BatchFit(theta_c, beta, sigma, crit, ok, steps, list(d.fixef_names), reml)
+    beta = np.zeros((B, d.p))
+    sigma = np.zeros(B)
+    for first in range(0, B, size):
+        lanes = np.arange(first, min(first + size, B))
+        padded, cp = lane_products(lanes)
+        th, be, si = (np.asarray(a)[: lanes.size] for a in jax.device_get(
+            _estimates_lanes(jnp.asarray(theta[padded]), cp, d.structure, reml)))
+        theta[lanes], beta[lanes], sigma[lanes] = th, be, si
+    return BatchFit(theta, beta, sigma, crit, ok, steps, list(d.fixef_names), reml)
 
 
 def fit_batch(formula: str, data: pd.DataFrame, responses: np.ndarray, reml: bool = True,

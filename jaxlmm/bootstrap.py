@@ -16,33 +16,55 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from .batch import BatchFit, fit_responses
+from .batch import Y_FIELDS, BatchFit, fit_products
 from .compare import _same_observations
+from .crossprod import response_products, sparse_Z
 from .deviance import lambda_matrix
 from .errors import ModelComparisonError
 from .model import term_covariances
 from .tables import ran_pars
 
+SIMULATION_BLOCK = 10_000  # responses drawn per block: bounds memory for any nsim
 
-def simulate(model, nsim: int = 1, seed: int | None = None) -> np.ndarray:
-    """``nsim`` responses simulated from the fitted model, as an (n, nsim) array."""
+
+def simulate_blocks(model, nsim: int, seed: int | None = None):
+    """Yield simulated responses in (n, <= SIMULATION_BLOCK) blocks from one random stream."""
     rng = np.random.default_rng(seed)
     d = model.design
     mean = d.X @ model.fixef.values
-    Y = np.repeat(mean[:, None], nsim, axis=1)
     theta = jnp.asarray(model.theta)
-    for b, Z, codes in zip(d.structure.blocks, d.Z, d.codes):
-        Lam = np.asarray(lambda_matrix(theta, b))
-        u = rng.standard_normal((nsim, b.n_levels, b.q))
-        effects = model.sigma * u @ Lam.T  # (nsim, levels, q)
-        Y += np.einsum("iq,siq->is", Z, effects[:, codes, :])
-    Y += model.sigma * rng.standard_normal((d.n, nsim))
-    return Y
+    Zs = [(sparse_Z(codes, Z, b.n_levels), np.asarray(lambda_matrix(theta, b)), b)
+          for b, Z, codes in zip(d.structure.blocks, d.Z, d.codes)]
+    for first in range(0, nsim, SIMULATION_BLOCK):
+        size = min(SIMULATION_BLOCK, nsim - first)
+        Y = np.repeat(mean[:, None], size, axis=1)
+        for Zk, Lam, b in Zs:
+            u = rng.standard_normal((size, b.n_levels, b.q))
+            Y += Zk @ (model.sigma * u @ Lam.T).reshape(size, -1).T  # level-major columns
+        Y += model.sigma * rng.standard_normal((d.n, size))
+        yield Y
+
+
+def simulate(model, nsim: int = 1, seed: int | None = None) -> np.ndarray:
+    """``nsim`` responses simulated from the fitted model, as an (n, nsim) array (lme4's ``simulate``)."""
+    return np.hstack(list(simulate_blocks(model, nsim, seed)))
+
+
+def simulated_products(models, nsim: int, seed: int | None = None) -> list[dict[str, np.ndarray]]:
+    """For each model in ``models``, the y-dependent cross-products of ``nsim`` responses simulated from
+    the first model, computed block by block so that Y is never held whole (a million fits fit in memory)."""
+    parts = [[] for _ in models]
+    for Y in simulate_blocks(models[0], nsim, seed):
+        for part, m in zip(parts, models):
+            d = m.design
+            part.append(response_products(Y, d.X, d.codes, d.Z, d.structure))
+    return [{k: np.concatenate([p[j] for p in part]) for j, k in enumerate(Y_FIELDS)} for part in parts]
 
 
 def bootstrap(model, nsim: int = 1000, seed: int | None = None, progress: bool | None = None) -> BatchFit:
     """Parametric bootstrap (``bootMer``): the model refitted to ``nsim`` simulated responses."""
-    return fit_responses(model, simulate(model, nsim, seed), progress=progress)
+    (products,) = simulated_products([model], nsim, seed)
+    return fit_products(model, products, progress=progress)
 
 
 def bootstrap_table(model, fits: BatchFit) -> pd.DataFrame:
@@ -97,9 +119,9 @@ def pbtest(large, small, nsim: int = 1000, seed: int | None = None, progress: bo
         raise ModelComparisonError("the first model must have more parameters than the second")
     lrt = max(0.0, 2 * (large_ml.loglik - small_ml.loglik))
     df = large_ml.npar - small_ml.npar
-    Y = simulate(small_ml, nsim, seed)
-    fit_small = fit_responses(small_ml, Y, reml=False, progress=progress)
-    fit_large = fit_responses(large_ml, Y, reml=False, progress=progress)
+    small_products, large_products = simulated_products([small_ml, large_ml], nsim, seed)
+    fit_small = fit_products(small_ml, small_products, reml=False, progress=progress)
+    fit_large = fit_products(large_ml, large_products, reml=False, progress=progress)
     ok = fit_small.converged & fit_large.converged
     reference = np.maximum(0.0, fit_small.criterion - fit_large.criterion)[ok]
     p_boot = (1 + np.sum(reference >= lrt)) / (1 + reference.size)
