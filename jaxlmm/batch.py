@@ -87,31 +87,95 @@ def bfgs_steps(theta, inv_hessian, step_length, budget, scale, cp: CrossProducts
     return theta, B, t, f, it, done, jnp.isfinite(f) & (jnp.max(jnp.abs(g * scale)) < 1e-3)
 
 
-@partial(jax.jit, static_argnames=("structure", "reml"))
+@partial(jax.jit, static_argnames=("structure", "reml", "cp_axes"))
 def _bfgs_lanes(theta, inv_hessian, step_length, budget, scale, cp: CrossProducts, structure: Structure,
-                reml: bool):
-    return jax.vmap(lambda t, b, s, c: bfgs_steps(t, b, s, budget, scale, c, structure, reml),
-                    in_axes=(0, 0, 0, CP_AXES))(theta, inv_hessian, step_length, cp)
+                reml: bool, cp_axes: CrossProducts):
+    return jax.vmap(lambda t, b, s, sc, c: bfgs_steps(t, b, s, budget, sc, c, structure, reml),
+                    in_axes=(0, 0, 0, 0, cp_axes))(theta, inv_hessian, step_length, scale, cp)
 
 
 def start_inverse_hessian(model, theta: np.ndarray, reml: bool) -> np.ndarray:
     """|H|⁻¹ of the fitted model's criterion at ``theta`` (eigenvalues made positive), BFGS's start."""
     from .model import criterion_hessian
 
-    H = np.asarray(criterion_hessian(jnp.asarray(theta), model.cp, model.design.structure, reml))
-    e, V = np.linalg.eigh(H)
-    e = np.maximum(np.abs(e), 1e-8 * max(np.abs(e).max(), 1e-300))
-    return (V / e) @ V.T
+    return positive_inverse(np.asarray(criterion_hessian(jnp.asarray(theta), model.cp, model.design.structure, reml)))
 
 
-@partial(jax.jit, static_argnames=("structure", "reml"))
-def _estimates_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool):
+@partial(jax.jit, static_argnames=("structure", "reml", "cp_axes"))
+def _estimates_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool, cp_axes: CrossProducts):
     """Canonical theta, β̂ and σ̂ per lane at the final theta."""
     def one(t, c):
         fac = factorize(t, c, structure)
         return canonical_theta(t, structure), beta_hat(fac), sigma_hat(fac, c.n, reml)
 
-    return jax.vmap(one, in_axes=(0, CP_AXES))(theta, cp)
+    return jax.vmap(one, in_axes=(0, cp_axes))(theta, cp)
+
+
+@partial(jax.jit, static_argnames=("structure", "reml"))
+def _hessian_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool):
+    """The exact Hessian per lane (every cross-product batched): BFGS's start for data-set batches."""
+    def one(t, c):
+        return jax.hessian(lambda u: criterion(factorize(u, c, structure), c.n, reml))(t)
+
+    return jax.vmap(one)(theta, cp)
+
+
+def positive_inverse(H: np.ndarray) -> np.ndarray:
+    """``|H|⁻¹`` for (..., k, k) symmetric H: eigenvalues replaced by their absolute values (floored)."""
+    e, V = np.linalg.eigh(H)
+    e = np.abs(e)
+    e = np.maximum(e, 1e-8 * np.maximum(e.max(axis=-1, keepdims=True), 1e-300))
+    return (V / e[..., None, :]) @ np.swapaxes(V, -1, -2)
+
+
+def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.ndarray, structure: Structure,
+              reml: bool, cp_axes: CrossProducts, chunk_size: int = 1000, budget: int = 10, max_iter: int = 300,
+              progress: bool | None = None):
+    """Run BFGS lanes to completion; ``lane_cp(indices)`` gives the cross-products of those lanes.
+
+    Lanes are scheduled in calls of ``chunk_size`` (one compiled shape): each call gives every lane up to
+    ``budget`` BFGS steps; lanes that are not done return to the pool and fill the next call first, so
+    no call waits on a few slow lanes.  A lane still not done after ``max_iter`` steps is a failure.
+    Returns (theta, beta, sigma, criterion, converged, steps).
+    """
+    B = theta.shape[0]
+    theta, inv_hessian = theta.copy(), inv_hessian.copy()
+    step_length = np.ones(B)
+    steps = np.zeros(B, dtype=np.int64)
+    done = np.zeros(B, dtype=bool)
+    ok = np.zeros(B, dtype=bool)
+    crit = np.full(B, np.nan)
+    size = min(chunk_size, B)
+
+    def pad(lanes):
+        return np.concatenate([lanes, np.repeat(lanes[:1], size - lanes.size)])
+
+    bar = _progress(enabled=progress, total=B, desc="fitting")
+    while not done.all():
+        todo = np.flatnonzero(~done)
+        lanes = todo[np.argsort(steps[todo] == 0, kind="stable")][:size]  # started lanes first
+        padded = pad(lanes)
+        out = jax.device_get(_bfgs_lanes(jnp.asarray(theta[padded]), jnp.asarray(inv_hessian[padded]),
+                                         jnp.asarray(step_length[padded]), budget, jnp.asarray(scale[padded]),
+                                         lane_cp(padded), structure, reml, cp_axes))
+        th, bi, sl, f, it, dn, good = (np.asarray(a)[: lanes.size] for a in out)
+        theta[lanes], inv_hessian[lanes], step_length[lanes], crit[lanes], ok[lanes] = th, bi, sl, f, good
+        steps[lanes] += it
+        finished = dn | (steps[lanes] >= max_iter)
+        done[lanes] = finished
+        if bar is not None:
+            bar.update(int(finished.sum()))
+    if bar is not None:
+        bar.close()
+    beta, sigma = None, np.zeros(B)
+    for first in range(0, B, size):
+        lanes = np.arange(first, min(first + size, B))
+        padded = pad(lanes)
+        th, be, si = (np.asarray(a)[: lanes.size] for a in jax.device_get(
+            _estimates_lanes(jnp.asarray(theta[padded]), lane_cp(padded), structure, reml, cp_axes)))
+        beta = np.zeros((B, be.shape[1])) if beta is None else beta
+        theta[lanes], beta[lanes], sigma[lanes] = th, be, si
+    return theta, beta, sigma, crit, ok & (steps < max_iter), steps
 
 
 def warm_start(theta: np.ndarray, structure: Structure, scale: np.ndarray, floor: float = 0.1) -> np.ndarray:
@@ -176,13 +240,9 @@ def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: in
 
 
 def fit_products(model, products: dict[str, np.ndarray], reml: bool | None = None, chunk_size: int = 1000,
-                 budget: int = 10, max_iter: int = 300, progress: bool | None = None) -> BatchFit:
-    """Fit B responses given by their cross-products with the design (``Y_FIELDS``, batch axis first).
-
-    Lanes are scheduled in calls of ``chunk_size`` (one compiled shape): each call gives every lane up to
-    ``budget`` BFGS steps; lanes that are not done return to the pool and fill the next call first, so
-    no call waits on a few slow lanes.  A lane still not done after ``max_iter`` steps is a failure.
-    """
+                 progress: bool | None = None) -> BatchFit:
+    """Fit B responses given by their cross-products with the design (``Y_FIELDS``, batch axis first),
+    each lane warm-started at the model's theta with the model's Hessian."""
     from .model import theta_scale
 
     d = model.design
@@ -190,56 +250,37 @@ def fit_products(model, products: dict[str, np.ndarray], reml: bool | None = Non
     B = products["yy"].shape[0]
     scale = theta_scale(d)
     start = warm_start(model.theta, d.structure, scale)
-    theta = np.tile(start, (B, 1))
-    inv_hessian = np.tile(start_inverse_hessian(model, start, reml), (B, 1, 1))
-    step_length = np.ones(B)
-    steps = np.zeros(B, dtype=np.int64)
-    done = np.zeros(B, dtype=bool)
-    ok = np.zeros(B, dtype=bool)
-    crit = np.full(B, np.nan)
-    size = min(chunk_size, B)
 
-    def lane_products(lanes):
-        padded = np.concatenate([lanes, np.repeat(lanes[:1], size - lanes.size)])
-        return padded, model.cp._replace(**{k: jnp.asarray(v[padded]) for k, v in products.items()})
+    def lane_cp(lanes):
+        return model.cp._replace(**{k: jnp.asarray(v[lanes]) for k, v in products.items()})
 
-    bar = _progress(enabled=progress, total=B, desc="fitting")
-    while not done.all():
-        todo = np.flatnonzero(~done)
-        lanes = todo[np.argsort(steps[todo] == 0, kind="stable")][:size]  # started lanes first
-        padded, cp = lane_products(lanes)
-        out = jax.device_get(_bfgs_lanes(jnp.asarray(theta[padded]), jnp.asarray(inv_hessian[padded]),
-                                         jnp.asarray(step_length[padded]), budget, jnp.asarray(scale), cp,
-                                         d.structure, reml))
-        th, bi, sl, f, it, dn, good = (np.asarray(a)[: lanes.size] for a in out)
-        theta[lanes], inv_hessian[lanes], step_length[lanes], crit[lanes], ok[lanes] = th, bi, sl, f, good
-        steps[lanes] += it
-        finished = dn | (steps[lanes] >= max_iter)
-        done[lanes] = finished
-        if bar is not None:
-            bar.update(int(finished.sum()))
-    if bar is not None:
-        bar.close()
-    ok &= steps < max_iter
-    beta = np.zeros((B, d.p))
-    sigma = np.zeros(B)
-    for first in range(0, B, size):
-        lanes = np.arange(first, min(first + size, B))
-        padded, cp = lane_products(lanes)
-        th, be, si = (np.asarray(a)[: lanes.size] for a in jax.device_get(
-            _estimates_lanes(jnp.asarray(theta[padded]), cp, d.structure, reml)))
-        theta[lanes], beta[lanes], sigma[lanes] = th, be, si
+    theta, beta, sigma, crit, ok, steps = run_lanes(
+        lane_cp, np.tile(start, (B, 1)), np.tile(start_inverse_hessian(model, start, reml), (B, 1, 1)),
+        np.tile(scale, (B, 1)), d.structure, reml, CP_AXES, chunk_size, progress=progress)
     return BatchFit(theta, beta, sigma, crit, ok, steps, list(d.fixef_names), reml)
 
 
-def fit_batch(formula: str, data: pd.DataFrame, responses: np.ndarray, reml: bool = True,
-              chunk_size: int = 1000, progress: bool | None = None) -> BatchFit:
-    """Fit ``formula`` to each column of ``responses`` (n, B), all sharing ``data``'s design.
+def fit_batch(formula: str, data: pd.DataFrame | None = None, responses: np.ndarray | None = None,
+              datasets: list[pd.DataFrame] | None = None, reml: bool = True, chunk_size: int = 1000,
+              progress: bool | None = None) -> BatchFit:
+    """Many fits of one formula in compiled, vmapped calls.
 
-    The model is first fitted to ``data``'s own response; its theta warm-starts every lane.
+    * ``fit_batch(f, data, responses=Y)``: each column of ``Y`` (n, B) as the response, all sharing
+      ``data``'s design; the model fitted to ``data``'s own response warm-starts every lane.
+    * ``fit_batch(f, datasets=[df1, ..., dfB])``: B data sets of any sizes and group counts, padded into a
+      few shape buckets (:mod:`jaxlmm.buckets`).  Each data set's theta is in its own lme4 order.
     """
+    from .errors import DataError
     from .model import lmer
 
+    if (responses is None) == (datasets is None):
+        raise DataError("give either responses (with data) or datasets")
+    if datasets is not None:
+        from .buckets import fit_datasets
+
+        return fit_datasets(formula, datasets, reml=reml, chunk_size=chunk_size, progress=progress)
+    if data is None:
+        raise DataError("responses need the data they share (data=...)")
     return fit_responses(lmer(formula, data, reml=reml), responses, reml=reml, chunk_size=chunk_size,
                          progress=progress)
 

@@ -62,3 +62,29 @@ def test_pbtest_against_chisq_and_ordering():
     assert res.lrt == pytest.approx(2 * (large.loglik - small.loglik))
     with pytest.raises(jaxlmm.ModelComparisonError):
         jaxlmm.pbtest(small, large, nsim=10, seed=1)
+
+
+def test_datasets_of_different_sizes_equal_single_fits():
+    from conftest import load_data
+
+    seed2 = load_data("seed2")
+    groups = sorted(seed2.Group.unique())
+    datasets = [seed2[seed2.Group.isin(groups[: 6 + k])].sample(frac=0.9, random_state=k) for k in range(4)]
+    pen = load_data("Penicillin")
+    datasets_crossed = [pen[pen.plate.isin(sorted(pen.plate.unique())[: 12 + 4 * k])] for k in range(3)]
+    for formula, sets, reml in [("y ~ x + (1 + x | Group)", datasets, False),
+                                ("diameter ~ 1 + (1 | plate) + (1 | sample)", datasets_crossed, True)]:
+        batch = jaxlmm.fit_batch(formula, datasets=sets, reml=reml)
+        assert batch.converged.all()
+        for k, data in enumerate(sets):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                single = jaxlmm.lmer(formula, data, reml=reml)
+            assert batch.criterion[k] <= -2 * single.loglik + 1e-6
+            np.testing.assert_allclose(batch.beta[k], single.fixef.values, rtol=1e-5, atol=1e-8)
+            np.testing.assert_allclose(batch.sigma[k], single.sigma, rtol=1e-4)
+
+
+def test_fit_batch_needs_one_source():
+    with pytest.raises(jaxlmm.DataError):
+        jaxlmm.fit_batch("y ~ x + (1 | Group)")
