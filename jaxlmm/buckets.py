@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .batch import BatchFit, positive_inverse, run_lanes, _hessian_lanes
+from .batch import BatchFit, _hessian_lanes, positive_inverse, run_lanes
 from .crossprod import CrossProducts, block_offsets, crossproducts
 from .design import Design, ReBlock, Structure, build_design, theta_start
 from .errors import DataError
