@@ -197,8 +197,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _bootstrap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed of the simulations")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
-                   help="no progress bar (it shows only on a terminal anyway)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (they show only when stderr is a terminal)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxlmm`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "progress", False):
+        args.progress = sys.stderr.isatty()
     use_compilation_cache()
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
@@ -263,11 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("jaxlmm: interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # the reader went away (jaxlmm ... | head): stop quietly, as Python's docs advise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except Exception as exc:
             if args.traceback:
                 raise
             print(f"jaxlmm: internal error: {type(exc).__name__}: {error_line(exc)} "
-                  "(rerun with --traceback and report it)", file=sys.stderr)
+                  "(rerun as jaxlmm --traceback ... and report it)", file=sys.stderr)
             return 1
     return 0
 

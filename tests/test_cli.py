@@ -159,3 +159,11 @@ def test_installed_command_prints_no_traceback(tmp_path):
 def test_json_values_are_plain():
     assert cli.plain({"a": np.float64("nan"), "b": np.int64(3), "c": [np.bool_(True), None, "x"]}) == {
         "a": None, "b": 3, "c": [True, None, "x"]}
+
+
+@pytest.mark.parametrize("terminal, flag, bar", [(True, [], True), (True, ["--no-progress"], False), (False, [], False)])
+def test_progress_bars_only_on_a_terminal(capsys, monkeypatch, terminal, flag, bar):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    status, out, err = run(capsys, "pbtest", SLEEP, CORR, INTERCEPT, "--ml", "--nsim", 40, "--seed", 3, *flag)
+    assert status == 0 and out.startswith("Bootstrap test")
+    assert ("100%|" in err) == bar  # tqdm's finished bar
