@@ -128,6 +128,25 @@ def positive_inverse(H: np.ndarray) -> np.ndarray:
     return (V / e[..., None, :]) @ np.swapaxes(V, -1, -2)
 
 
+def lane_placement(cp_axes: CrossProducts):
+    """A function placing lane arrays (and the batched cross-products) split over all local devices
+    along the lane axis, with unbatched arrays replicated; plain arrays on a single device."""
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        return lambda lane_arrays, cp: ([jnp.asarray(a) for a in lane_arrays], cp)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices), ("lanes",))
+    split, replicated = NamedSharding(mesh, PartitionSpec("lanes")), NamedSharding(mesh, PartitionSpec())
+
+    def place(lane_arrays, cp):
+        arrays = [jax.device_put(a, split) for a in lane_arrays]
+        cp = CrossProducts(*(jax.device_put(a, split if ax == 0 else replicated) for a, ax in zip(cp, cp_axes)))
+        return arrays, cp
+
+    return place
+
+
 def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.ndarray, structure: Structure,
               reml: bool, cp_axes: CrossProducts, chunk_size: int = 1000, budget: int = 10, max_iter: int = 300,
               progress: bool | None = None):
@@ -136,16 +155,20 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
     Lanes are scheduled in calls of ``chunk_size`` (one compiled shape): each call gives every lane up to
     ``budget`` BFGS steps; lanes that are not done return to the pool and fill the next call first, so
     no call waits on a few slow lanes.  A lane still not done after ``max_iter`` steps is a failure.
+    With several local devices (GPUs, or CPU devices from
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) each call's lanes are split across them.
     Returns (theta, beta, sigma, criterion, converged, steps).
     """
     B = theta.shape[0]
     theta, inv_hessian = theta.copy(), inv_hessian.copy()
+    place = lane_placement(cp_axes)
     step_length = np.ones(B)
     steps = np.zeros(B, dtype=np.int64)
     done = np.zeros(B, dtype=bool)
     ok = np.zeros(B, dtype=bool)
     crit = np.full(B, np.nan)
-    size = min(chunk_size, B)
+    n_dev = jax.local_device_count()
+    size = -(-min(chunk_size, B) // n_dev) * n_dev  # a multiple of the device count
 
     def pad(lanes):
         return np.concatenate([lanes, np.repeat(lanes[:1], size - lanes.size)])
@@ -155,9 +178,9 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
         todo = np.flatnonzero(~done)
         lanes = todo[np.argsort(steps[todo] == 0, kind="stable")][:size]  # started lanes first
         padded = pad(lanes)
-        out = jax.device_get(_bfgs_lanes(jnp.asarray(theta[padded]), jnp.asarray(inv_hessian[padded]),
-                                         jnp.asarray(step_length[padded]), budget, jnp.asarray(scale[padded]),
-                                         lane_cp(padded), structure, reml, cp_axes))
+        lane_args, cp = place((theta[padded], inv_hessian[padded], step_length[padded], scale[padded]),
+                              lane_cp(padded))
+        out = jax.device_get(_bfgs_lanes(*lane_args[:3], budget, lane_args[3], cp, structure, reml, cp_axes))
         th, bi, sl, f, it, dn, good = (np.asarray(a)[: lanes.size] for a in out)
         theta[lanes], inv_hessian[lanes], step_length[lanes], crit[lanes], ok[lanes] = th, bi, sl, f, good
         steps[lanes] += it
@@ -171,8 +194,9 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
     for first in range(0, B, size):
         lanes = np.arange(first, min(first + size, B))
         padded = pad(lanes)
+        (th0,), cp = place((theta[padded],), lane_cp(padded))
         th, be, si = (np.asarray(a)[: lanes.size] for a in jax.device_get(
-            _estimates_lanes(jnp.asarray(theta[padded]), lane_cp(padded), structure, reml, cp_axes)))
+            _estimates_lanes(th0, cp, structure, reml, cp_axes)))
         beta = np.zeros((B, be.shape[1])) if beta is None else beta
         theta[lanes], beta[lanes], sigma[lanes] = th, be, si
     return theta, beta, sigma, crit, ok & (steps < max_iter), steps

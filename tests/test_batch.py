@@ -88,3 +88,26 @@ def test_datasets_of_different_sizes_equal_single_fits():
 def test_fit_batch_needs_one_source():
     with pytest.raises(jaxlmm.DataError):
         jaxlmm.fit_batch("y ~ x + (1 | Group)")
+
+
+def test_lanes_split_over_four_cpu_devices_give_the_same_fits(tmp_path):
+    """The batch axis sharded over 4 forced host devices reproduces the single-device fits."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np, jax, jaxlmm\n"
+        "from jaxlmm.batch import fit_responses\n"
+        "m = jaxlmm.lmer('y ~ x + (1 | Group)', jaxlmm.load_seed(), reml=False)\n"
+        "fb = fit_responses(m, m.simulate(40, seed=3), chunk_size=16)\n"
+        "assert jax.local_device_count() == int(sys.argv[2]), jax.local_device_count()\n"
+        "np.save(sys.argv[1], fb.criterion)\n"
+    )
+    results = []
+    for devices in (1, 4):
+        out = tmp_path / f"crit{devices}.npy"
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        subprocess.run([sys.executable, "-c", script, str(out), str(devices)], check=True, env=env, timeout=300)
+        results.append(np.load(out))
+    np.testing.assert_allclose(results[0], results[1], rtol=0, atol=1e-8)
