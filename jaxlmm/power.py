@@ -1,0 +1,148 @@
+"""Power by simulation (simr's ``powerSim``/``powerCurve``), batched.
+
+The model is given by its formula, fixed effects, random-effects covariances, residual sd and a design
+(a DataFrame of covariates and grouping columns; the response column is ignored).  ``nsim`` responses are
+simulated from it and the chosen test of one fixed-effect term is applied to each:
+
+* ``"lrt"`` — likelihood ratio of the model against the model without the term, both by ML, χ² p-value;
+* ``"pb"`` — the same statistic against a parametric-bootstrap reference distribution simulated once from
+  the null model with the given parameters (``nboot`` draws);
+* ``"satterthwaite"`` — lmerTest's t test of the term's coefficient (single-column terms).
+
+Power is the share of converged replicates with p < alpha, with its binomial standard error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+from .batch import BatchFit, fit_products
+from .bootstrap import simulated_products
+from .crossprod import crossproducts
+from .design import Design, build_design
+from .errors import DataError
+from .formula import ModelPart, parse_formula
+from .inference import satterthwaite_df
+from .model import LinearMixedModel
+from .optimize import OptSummary
+
+TESTS = ("lrt", "pb", "satterthwaite")
+
+
+def _theta_from_covariance(design: Design, covariance: dict[str, np.ndarray], sigma: float) -> np.ndarray:
+    """lme4's theta from per-grouping-factor covariance matrices (Λ = chol(Σ)/σ, terms as the formula has)."""
+    theta = np.zeros(design.structure.n_theta)
+    for name, block in zip(design.group_names, design.structure.blocks):
+        if name not in covariance:
+            raise DataError(f"no covariance given for grouping factor {name!r}")
+        S = np.atleast_2d(np.asarray(covariance[name], dtype=float))
+        if S.shape != (block.q, block.q):
+            raise DataError(f"covariance for {name!r} must be {block.q} x {block.q}, got {S.shape}")
+        index = np.array(block.theta_index)
+        if np.any(np.abs(S[index < 0]) > 1e-12 * np.abs(S).max()):
+            raise DataError(f"covariance for {name!r} has covariances between uncorrelated terms")
+        try:
+            Lam = np.linalg.cholesky(S + 1e-300 * np.eye(block.q)) / sigma
+        except np.linalg.LinAlgError:
+            raise DataError(f"covariance for {name!r} is not positive semi-definite") from None
+        theta[index[index >= 0]] = Lam[index >= 0]
+    return theta
+
+
+def specified_model(design: Design, beta, theta, sigma: float) -> LinearMixedModel:
+    """A model with given (not fitted) parameters, for ``simulate`` and as the batch fits' warm start."""
+    cp = crossproducts(design.y, design.X, design.codes, design.Z, design.structure)
+    opt = OptSummary(np.asarray(theta, dtype=float), float("nan"), 0, 0, True, "specified, not fitted", 0.0,
+                     optimizer="none")
+    model = LinearMixedModel(design, cp, False, opt)
+    model._beta, model._sigma = np.asarray(beta, dtype=float), float(sigma)
+    return model
+
+
+def _drop_term(design: Design, term: str, data: pd.DataFrame) -> Design:
+    parts = tuple(t for t in design.formula.fixed.terms if ":".join(t) != term)
+    if len(parts) == len(design.formula.fixed.terms):
+        raise DataError(f"term {term!r} is not a fixed-effect term of {design.formula.text!r}")
+    reduced = replace(design.formula, fixed=ModelPart(parts, design.formula.fixed.intercept),
+                      text=f"{design.formula.text} without {term}")
+    return build_design(reduced, data)
+
+
+def power(formula: str, data: pd.DataFrame, fixef: dict[str, float], covariance: dict[str, np.ndarray],
+          sigma: float, term: str, test: str = "lrt", nsim: int = 1000, alpha: float = 0.05,
+          seed: int | None = None, nboot: int = 1000, progress: bool | None = None) -> dict:
+    """Power of ``test`` for fixed-effect ``term`` of the specified model on the design ``data``.
+
+    Returns ``{"power", "se", "n_valid", "n_failed", "p_values"}``.
+    """
+    if test not in TESTS:
+        raise DataError(f"test must be one of {TESTS}, not {test!r}")
+    parsed = parse_formula(formula)
+    data = data.copy()
+    data[parsed.response] = np.random.default_rng(0).standard_normal(len(data))  # placeholder response
+    full = build_design(parsed, data)
+    missing = set(full.fixef_names) - set(fixef)
+    if missing:
+        raise DataError(f"fixef lacks values for {sorted(missing)}")
+    beta = np.array([fixef[k] for k in full.fixef_names])
+    theta = _theta_from_covariance(full, covariance, sigma)
+    truth = specified_model(full, beta, theta, sigma)
+    if test == "satterthwaite":
+        p_values, ok = _satterthwaite_p(truth, term, nsim, seed, progress)
+    else:
+        reduced = _drop_term(full, term, data)
+        null_beta = [fixef[k] for k in reduced.fixef_names]
+        null = specified_model(reduced, null_beta, theta, sigma)
+        products_full, products_null = simulated_products([truth, null], nsim, seed)
+        fit_full = fit_products(truth, products_full, reml=False, progress=progress)
+        fit_null = fit_products(null, products_null, reml=False, progress=progress)
+        ok = fit_full.converged & fit_null.converged
+        lrt = np.maximum(0.0, fit_null.criterion - fit_full.criterion)
+        df = full.p - reduced.p
+        if test == "lrt":
+            p_values = scipy.stats.chi2.sf(lrt, df)
+        else:
+            ref_null, ref_full = simulated_products([null, truth], nboot, None if seed is None else seed + 1)
+            f0 = fit_products(null, ref_null, reml=False, progress=progress)
+            f1 = fit_products(truth, ref_full, reml=False, progress=progress)
+            good = f0.converged & f1.converged
+            reference = np.sort(np.maximum(0.0, f0.criterion - f1.criterion)[good])
+            p_values = (1 + reference.size - np.searchsorted(reference, lrt, side="left")) / (1 + reference.size)
+    p_values = np.asarray(p_values)[ok]
+    share = float(np.mean(p_values < alpha)) if p_values.size else float("nan")
+    return {"power": share, "se": float(np.sqrt(share * (1 - share) / max(p_values.size, 1))),
+            "n_valid": int(p_values.size), "n_failed": int((~ok).sum()), "p_values": p_values}
+
+
+def _satterthwaite_p(truth: LinearMixedModel, term: str, nsim: int, seed, progress):
+    design = truth.design
+    if term not in design.fixef_names:
+        raise DataError(f"{term!r} is not a fixed-effect coefficient (have {design.fixef_names})")
+    (products,) = simulated_products([truth], nsim, seed)
+    fits: BatchFit = fit_products(truth, products, reml=True, progress=progress)
+    k = design.fixef_names.index(term)
+    contrast = jnp.eye(design.p)[k:k + 1]
+    per_lane = jax.jit(jax.vmap(
+        lambda th, s, a1, a2, ax, yy: satterthwaite_df(
+            th, s, contrast, truth.cp._replace(A1y=a1, A2y=a2, AXy=ax, yy=yy), design.structure, True),
+    ))
+    df, var = per_lane(fits.theta, fits.sigma, *(jnp.asarray(products[f]) for f in ("A1y", "A2y", "AXy", "yy")))
+    t = fits.beta[:, k] / np.sqrt(np.asarray(var)[:, 0])
+    return 2 * scipy.stats.t.sf(np.abs(t), np.asarray(df)[:, 0]), fits.converged
+
+
+def power_curve(formula: str, make_data: Callable[[int], pd.DataFrame], n_groups: list[int], **kwargs) -> pd.DataFrame:
+    """Power over the number of groups (simr's ``powerCurve``): ``make_data(g)`` builds a design with g groups."""
+    rows = []
+    for g in n_groups:
+        res = power(formula, make_data(g), **kwargs)
+        rows.append({"n_groups": g, "power": res["power"], "se": res["se"], "n_valid": res["n_valid"],
+                     "n_failed": res["n_failed"]})
+    return pd.DataFrame(rows)
