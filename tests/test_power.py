@@ -14,7 +14,7 @@ def design(groups: int, per: int = 8) -> pd.DataFrame:
     return pd.DataFrame({"x": rng.uniform(0, 1, groups * per), "Group": np.repeat(np.arange(groups), per)})
 
 
-SPEC = dict(fixef={"(Intercept)": 1.0, "x": 0.5}, covariance={"Group": [[0.3]]}, sigma=1.0, term="x")
+SPEC = {"fixef": {"(Intercept)": 1.0, "x": 0.5}, "covariance": {"Group": [[0.3]]}, "sigma": 1.0, "term": "x"}
 
 
 def normal_power(data: pd.DataFrame, slope: float, sigma: float, alpha: float = 0.05) -> float:
