@@ -111,3 +111,30 @@ def test_lanes_split_over_four_cpu_devices_give_the_same_fits(tmp_path):
         subprocess.run([sys.executable, "-c", script, str(out), str(devices)], check=True, env=env, timeout=300)
         results.append(np.load(out))
     np.testing.assert_allclose(results[0], results[1], rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["penicillin_reml", "seed2_lmm3_ml"])
+def test_direct_products_have_the_distribution_of_plain_simulation(name):
+    """Drawing Kᵀy* and y*ᵀy* directly matches simulating y (means and sds within Monte Carlo error)."""
+    from jaxlmm.bootstrap import simulated_products
+
+    m = fitted(name)
+    (plain,) = simulated_products([m], 4000, seed=1)
+    (direct,) = simulated_products([m], 4000, seed=2, simulation="direct")
+    for field in plain:
+        a, b = plain[field].reshape(4000, -1), direct[field].reshape(4000, -1)
+        assert a.shape == b.shape
+        if a.shape[1] == 0:
+            continue
+        sd = a.std(axis=0) + 1e-12
+        assert np.all(np.abs(a.mean(axis=0) - b.mean(axis=0)) < 5 * sd / np.sqrt(4000) * np.sqrt(2) + 1e-9)
+        np.testing.assert_allclose(b.std(axis=0), a.std(axis=0), rtol=0.1, atol=1e-9)
+
+
+def test_pbtest_reference_same_law_both_simulations():
+    import scipy.stats
+
+    small, large = fitted("seed2_lmm1_ml"), fitted("seed2_lmm3_ml")
+    a = jaxlmm.pbtest(large, small, nsim=400, seed=1)
+    b = jaxlmm.pbtest(large, small, nsim=400, seed=2, simulation="direct")
+    assert scipy.stats.ks_2samp(a.reference, b.reference).pvalue > 1e-3
