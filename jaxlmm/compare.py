@@ -12,14 +12,27 @@ import scipy.stats
 from .errors import ModelComparisonError
 
 
+def _check_models(models) -> None:
+    """Every argument is a fitted model (lme4's anova dispatches on merMod objects only)."""
+    from .model import LinearMixedModel
+
+    for k, m in enumerate(models):
+        if not isinstance(m, LinearMixedModel):
+            raise ModelComparisonError(f"argument {k + 1} is a {type(m).__name__}, not a fitted model from "
+                                       "jaxlmm.lmer: anova compares fitted models")
+
+
 def _same_observations(models) -> None:
+    """Same rows and the same response (lme4: "models were not all fitted to the same size of dataset")."""
+    _check_models(models)
     first = models[0].design
     for m in models[1:]:
         d = m.design
         if d.n != first.n or not np.array_equal(d.y, first.y) or not d.rows.equals(first.rows):
             raise ModelComparisonError(
                 "models were not all fitted to the same observations "
-                f"({first.n} and {d.n} rows, or a different response): anova needs the same data"
+                f"({first.n} and {d.n} rows, responses {first.formula.response!r} and {d.formula.response!r}, "
+                "or the same columns with different values): anova needs the same data"
             )
 
 
@@ -38,6 +51,7 @@ def anova(*models, names: list[str] | None = None, nsim: int = 0, seed: int | No
     parametric-bootstrap p-value of :func:`jaxlmm.pbtest` (``nsim`` simulations from the smaller model);
     ``progress`` shows its progress bars (default: on a terminal).
     """
+    _check_models(models)
     if len(models) < 2:
         raise ModelComparisonError("anova needs at least two models")
     names = list(names) if names is not None else [f"m{k + 1}" for k in range(len(models))]

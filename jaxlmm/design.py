@@ -118,6 +118,8 @@ def evaluate(name: str, data: pd.DataFrame) -> pd.Series:
         return data[name]
     if "(" not in name:
         raise DataError(f"unknown column {name!r} (columns are: {', '.join(map(str, data.columns))})")
+    if "__" in name:
+        raise DataError(f"cannot evaluate {name!r}: names with '__' are not allowed in a formula")
     code = name.replace("^", "**").replace("`", "")
     code = code.replace("as.numeric(", "as_numeric(").replace("as.factor(", "as_factor(")
     ns = _Namespace(data)
@@ -131,7 +133,15 @@ def evaluate(name: str, data: pd.DataFrame) -> pd.Series:
         raise DataError(f"cannot evaluate {name!r}: {exc}") from None
     if np.ndim(value) == 0:
         value = np.full(len(data), value)
-    return pd.Series(value, index=data.index, name=name)
+    if np.ndim(value) != 1 or len(value) != len(data):
+        raise DataError(f"{name!r} does not evaluate to one value per row (shape {np.shape(value)}, {len(data)} rows)")
+    out = pd.Series(value, index=data.index, name=name)
+    n_new = int(pd.isna(out).sum()) - max(
+        (int(pd.isna(data[c]).sum()) for c in data.columns if c in name), default=0)
+    if n_new > 0:  # R: "NaNs produced", then na.omit drops the rows
+        warnings.warn(f"{name!r} is NaN/missing in {n_new} rows (e.g. log of a negative number): "
+                      "those rows are dropped", UserWarning, stacklevel=4)
+    return out
 
 
 def _is_factor(values: pd.Series) -> bool:
@@ -224,7 +234,8 @@ def independent_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     keep: list[int] = []
     Q = np.zeros((X.shape[0], 0))
     for j in range(X.shape[1]):
-        col = X[:, j]
+        big = np.max(np.abs(X[:, j]), initial=0.0)
+        col = X[:, j] / big if big > 0 else X[:, j]
         norm = np.linalg.norm(col)
         resid = col - Q @ (Q.T @ col)
         resid = resid - Q @ (Q.T @ resid)
@@ -290,14 +301,83 @@ def _group_values(group: tuple[str, ...], frame: dict[str, pd.Series]) -> pd.Ser
     return pd.Series(pd.Categorical.from_codes(np.searchsorted(used, combined), categories=labels))
 
 
+MAX_ABS = 1e150  # squares of larger values overflow float64 in the cross-products
+
+
 def _check_numeric(name: str, values: pd.Series) -> None:
     arr = values.to_numpy(dtype=float)
     if not np.all(np.isfinite(arr)):
-        raise DataError(f"column {name!r} has infinite values")
+        raise DataError(f"column {name!r} has infinite values ({int(np.sum(~np.isfinite(arr)))} rows)")
+    if arr.size and np.max(np.abs(arr)) > MAX_ABS:
+        raise DataError(f"column {name!r} has values too large for float64 arithmetic "
+                        f"(max |value| {np.max(np.abs(arr)):.3g}); rescale it")
+
+
+def _looks_numeric(values: pd.Series) -> bool:
+    """Text whose every value parses as a number (what R's read.csv would have read as numbers)."""
+    text = values.dropna().astype(str)
+    return bool(text.size) and bool(pd.to_numeric(text, errors="coerce").notna().all())
+
+
+def clean_column(name: str, values: pd.Series, role: str) -> pd.Series:
+    """Check a used variable's type for its role ("response", "covariate" or "grouping").
+
+    Numbers held in an object column are converted to floats; dates, durations and complex numbers are
+    refused; text that parses as numbers is refused as a response or covariate (lme4 would have read such
+    a CSV column as numbers; jaxlmm would silently make it a factor with one level per value).
+    """
+    kind = f"the response {name!r}" if role == "response" else f"column {name!r}"
+    dtype = values.dtype
+    if (pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype)
+            or isinstance(dtype, (pd.PeriodDtype, pd.IntervalDtype)) or pd.api.types.is_complex_dtype(dtype)):
+        raise DataError(f"{kind} has dtype {dtype}; jaxlmm uses real numbers and factors: convert it "
+                        "(dates, for example, to days since a start)")
+    if dtype == object:
+        inferred = pd.api.types.infer_dtype(values, skipna=True)
+        if inferred in ("integer", "floating", "mixed-integer-float", "decimal"):
+            return pd.to_numeric(values).astype(float)
+        if inferred in ("complex", "datetime", "datetime64", "date", "timedelta", "time", "period", "interval"):
+            raise DataError(f"{kind} holds {inferred} values; jaxlmm uses numbers and factors: convert it")
+        if inferred in ("mixed", "mixed-integer") and role != "grouping":
+            raise DataError(f"{kind} mixes numbers and text; convert it to numbers or to a pd.Categorical")
+    if isinstance(dtype, pd.CategoricalDtype) or role == "grouping":
+        return values
+    if (dtype == object or pd.api.types.is_string_dtype(dtype)) and _looks_numeric(values):
+        example = values.dropna().iloc[0]
+        advice = "" if role == "response" else (
+            f", or make it a pd.Categorical (or write factor({name})) to use it as a factor")
+        raise DataError(f"{kind} holds numbers stored as text (e.g. {example!r}): convert it with "
+                        f"pd.to_numeric to use it as a number{advice}")
+    return values
+
+
+def _check_response(name: str, values: pd.Series) -> None:
+    if pd.api.types.is_bool_dtype(values.dtype):
+        raise DataError(f"the response {name!r} is logical (True/False), not numeric: lmer needs a numeric "
+                        "response (convert it with .astype(float) if you mean 0/1)")
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        raise DataError(f"the response {name!r} is a factor (pandas Categorical), not numeric: lmer needs a "
+                        "numeric response")
+    if _is_factor(values):
+        raise DataError(f"the response {name!r} is not numeric (dtype {values.dtype}): lmer needs a numeric "
+                        "response")
 
 
 def build_design(formula: Formula, data: pd.DataFrame) -> Design:
-    """lme4's ``lFormula``: the response, X, the random-effects terms and theta's layout."""
+    """lme4's ``lFormula``: the response, X, the random-effects terms and theta's layout.
+
+    Every problem with the input is a :class:`~jaxlmm.errors.DataError` naming the column or term, raised
+    here, before any JAX work: unknown or duplicated columns; unusable types (dates, complex numbers,
+    numbers stored as text used as numbers, a logical, text or factor response); a constant response;
+    infinite or overflowing values; no complete rows; no residual degrees of freedom or an exactly
+    fitted response; and lme4's ``checkNlevels``/``checkZdims`` checks (a grouping factor needs at least
+    2 levels and fewer levels than observations; a term needs fewer random effects than observations).
+
+    **Rank deficiency** is handled as lme4 does (``lmerControl(check.rankX = "message+drop.cols")``): the
+    columns of X that are linear combinations of earlier ones are dropped, with a warning naming them
+    ("fixed-effect model matrix is rank deficient so dropping k columns / coefficients"), and the model is
+    fitted without them; ``Design.dropped_fixef`` lists them.
+    """
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
     if formula.response is None:
@@ -306,24 +386,36 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
         raise DataError("the formula has no random-effects term such as (1 | group); use a linear model")
     if data.shape[0] == 0:
         raise DataError("the data have no rows")
-    raw = {v: evaluate(v, data) for v in formula.variables}
-    complete = np.ones(len(data), dtype=bool)
-    for values in raw.values():
-        complete &= ~pd.isna(values).to_numpy()
+    duplicated = sorted({str(c) for c in data.columns[data.columns.duplicated()]})
+    if duplicated:
+        raise DataError(f"the data have more than one column named {', '.join(map(repr, duplicated))}")
+    group_vars = {v for r in formula.random for v in r.group}
+    raw = {}
+    for v in formula.variables:
+        role = ("response" if v == formula.response else
+                "covariate" if _used_as_covariate(v, formula) else "grouping")
+        raw[v] = clean_column(v, evaluate(v, data), role)
+    missing = {v: pd.isna(values).to_numpy() for v, values in raw.items()}
+    empty = [v for v, m in missing.items() if m.all()]
+    if empty:
+        raise DataError(f"no complete rows: {', '.join(map(repr, empty))} "
+                        f"{'is' if len(empty) == 1 else 'are'} missing (NaN/None) in every row")
+    complete = ~np.any(np.column_stack(list(missing.values())), axis=1)
     if not complete.any():
-        raise DataError("no complete rows: every row has a missing value in a used column")
+        worst = sorted(missing, key=lambda v: -missing[v].sum())[:3]
+        raise DataError("no complete rows: every row has a missing value in a used column (most missing: "
+                        + ", ".join(f"{v!r} {int(missing[v].sum())} of {len(data)}" for v in worst) + ")")
     frame = {v: values[complete].reset_index(drop=True) for v, values in raw.items()}
     rows = data.index[complete]
 
     y_values = frame[formula.response]
-    if _is_factor(y_values):
-        raise DataError(f"the response {formula.response!r} is not numeric")
+    _check_response(formula.response, y_values)
     _check_numeric(formula.response, y_values)
     y = y_values.to_numpy(dtype=float)
     if np.ptp(y) == 0:
-        raise DataError(f"the response {formula.response!r} is constant")
+        raise DataError(f"the response {formula.response!r} is constant (= {y[0]:g} in all {len(y)} "
+                        "complete rows): there is nothing to model")
 
-    group_vars = {v for r in formula.random for v in r.group}
     specs: dict[str, VariableSpec] = {}
     for v, values in frame.items():
         if v == formula.response or (v in group_vars and not _used_as_covariate(v, formula)):
@@ -346,6 +438,14 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
         )
         X, names = X[:, keep], [names[j] for j in keep]
     n = len(y)
+    if X.shape[1] >= n:
+        raise DataError(f"{X.shape[1]} fixed-effect coefficients ({', '.join(names[:5])}"
+                        f"{', ...' if len(names) > 5 else ''}) for {n} observations: no residual is left")
+    if X.shape[1]:
+        resid = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
+        if np.linalg.norm(resid) <= 1e-10 * np.linalg.norm(y):
+            raise DataError(f"the response {formula.response!r} is an exact linear function of the fixed "
+                            f"effects ({', '.join(names)}): the residual variance is 0")
 
     # random-effects terms: Z columns and grouping factor per bar
     bars = []

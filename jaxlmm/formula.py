@@ -14,6 +14,7 @@ keep their order of appearance within an order, as R does.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass
 
@@ -115,6 +116,7 @@ def _matching_paren(text: str, open_pos: int) -> int:
 
 
 # --------------------------------------------------------------------------- parser (Pratt)
+MAX_TERMS = 10_000  # more terms than any model matrix could hold: '(a+...+t)^20' is refused, not expanded
 _BINARY = {"~": 5, "|": 10, "||": 10, "+": 20, "-": 20, "*": 30, "/": 30, ":": 40, "^": 50}
 
 
@@ -200,6 +202,13 @@ class _Expander:
         return name
 
     def expand(self, node) -> _Terms:
+        out = self._expand(node)
+        if len(out.terms) > MAX_TERMS:
+            pos = node[-1] if isinstance(node[-1], int) else 0
+            self.error(f"the formula expands to more than {MAX_TERMS} terms", pos)
+        return out
+
+    def _expand(self, node) -> _Terms:
         kind = node[0]
         if kind == "var":
             return _Terms([frozenset([self.var(node[1])])])
@@ -221,29 +230,35 @@ class _Expander:
             self.error("a random-effects term must be in parentheses", pos)
         if op == "~":
             self.error("'~' may appear only once", pos)
+        if op == "+":  # a chain of summands, expanded left to right without recursing down the chain
+            terms: dict[frozenset, None] = {}
+            icpt = None
+            for summand in _split_plus(node):
+                part = self.expand(summand)
+                terms.update(dict.fromkeys(part.terms))
+                icpt = part.intercept if part.intercept is not None else icpt
+            return _Terms(list(terms), icpt)
         left = self.expand(a)
-        if op == "+":
-            right = self.expand(b)
-            return _Terms(
-                _union(left.terms, right.terms),
-                right.intercept if right.intercept is not None else left.intercept,
-            )
         if op == "-":
             right = self.expand(b)
             terms = [t for t in left.terms if t not in right.terms]
             icpt = left.intercept if right.intercept is None else not right.intercept
             return _Terms(terms, icpt)
         if op == "^":
-            if b[0] != "num" or b[1] < 1 or b[1] != int(b[1]):
+            if b[0] != "num" or not 1 <= b[1] < 2**31 or b[1] != int(b[1]):
                 self.error("'^' needs a positive whole number", pos)
+            n_combos = sum(math.comb(len(left.terms), k) for k in range(1, min(int(b[1]), len(left.terms)) + 1))
+            if n_combos > MAX_TERMS:
+                self.error(f"the formula expands to more than {MAX_TERMS} terms", pos)
             terms = list(left.terms)
-            for k in range(2, int(b[1]) + 1):
-                for combo in itertools.combinations(left.terms, k):
-                    terms = _union(terms, [frozenset().union(*combo)])
+            for k in range(2, min(int(b[1]), len(left.terms)) + 1):  # higher powers add nothing
+                terms = _union(terms, [frozenset().union(*combo) for combo in itertools.combinations(left.terms, k)])
             return _Terms(terms, left.intercept)
         right = self.expand(b)
         if not left.terms or not right.terms:
             self.error(f"'{op}' needs variables on both sides", pos)
+        if len(left.terms) * len(right.terms) > MAX_TERMS:
+            self.error(f"the formula expands to more than {MAX_TERMS} terms", pos)
         if op == ":":
             return _Terms(_interact(left.terms, right.terms))
         if op == "*":
@@ -270,10 +285,18 @@ def _interact(a: list[frozenset], b: list[frozenset]) -> list[frozenset]:
 
 
 def _split_plus(node) -> list:
-    """The summands of a top-level ``+`` chain (a ``-`` keeps its right side attached)."""
-    if node[0] == "bin" and node[1] == "+":
-        return _split_plus(node[2]) + _split_plus(node[3])
-    return [node]
+    """The summands of a top-level ``+`` chain (a ``-`` keeps its right side attached).
+
+    Iterative: a formula with hundreds of terms is a left-deep chain as deep as it is long.
+    """
+    out, stack = [], [node]
+    while stack:
+        node = stack.pop()
+        if node[0] == "bin" and node[1] == "+":
+            stack += [node[3], node[2]]
+        else:
+            out.append(node)
+    return out
 
 
 def _is_bar(node) -> bool:
@@ -301,9 +324,22 @@ def _grouping_terms(node, ex: _Expander) -> list[Term]:
 
 
 def parse_formula(text: str) -> Formula:
-    """Parse an lme4 model formula ``response ~ fixed + (effects | group) + ...``."""
-    if not isinstance(text, str) or not text.strip():
-        raise FormulaError("the formula is empty", str(text), 0)
+    """Parse an lme4 model formula ``response ~ fixed + (effects | group) + ...``.
+
+    Every problem is a :class:`~jaxlmm.errors.FormulaError` whose ``position`` points at it; parsing is
+    pure Python (no evaluation of the formula's expressions, which happens in the design stage).
+    """
+    if not isinstance(text, str):
+        raise FormulaError(f"the formula must be a string such as 'y ~ x + (1 | g)', not {type(text).__name__}")
+    if not text.strip():
+        raise FormulaError("the formula is empty", text, 0)
+    try:
+        return _parse(text)
+    except RecursionError:
+        raise FormulaError("the formula is nested too deeply", text, 0) from None
+
+
+def _parse(text: str) -> Formula:
     tree = _Parser(text).parse()
     if tree[0] != "bin" or tree[1] != "~":
         raise FormulaError("a model formula needs '~'", text, 0)

@@ -29,6 +29,7 @@ from .deviance import (
     unscaled_vcov,
     varpar_deviance,
 )
+from .errors import JaxlmmError
 from .formula import parse_formula
 from .modes import conditional_modes, conditional_variances
 from .optimize import OptSummary, minimize_theta
@@ -277,18 +278,26 @@ class LinearMixedModel:
         """lme4's ``simulate``: (n, nsim) responses with new random effects and residuals."""
         from .bootstrap import simulate
 
+        _check_nsim(nsim)
         return simulate(self, nsim, seed)
 
     def bootstrap(self, nsim: int = 1000, seed: int | None = None, progress: bool | None = None):
         """lme4's ``bootMer``: a :class:`~jaxlmm.batch.BatchFit` of ``nsim`` batched refits."""
         from .bootstrap import bootstrap
 
+        _check_nsim(nsim)
         return bootstrap(self, nsim, seed, progress)
 
     def confint(self, method: str = "wald", level: float = 0.95, nsim: int = 1000, seed: int | None = None):
         """Wald intervals for the fixed effects, or ``method="boot"`` percentile intervals for all parameters."""
         from .bootstrap import confint
 
+        if method not in ("wald", "boot"):
+            raise JaxlmmError(f"method must be 'wald' or 'boot', not {method!r}")
+        if not 0 < level < 1:
+            raise JaxlmmError(f"level must be between 0 and 1, not {level!r}")
+        if method == "boot":
+            _check_nsim(nsim)
         return confint(self, method, level, nsim, seed)
 
     def _repr_html_(self) -> str:
@@ -300,6 +309,11 @@ class LinearMixedModel:
         kind = "REML" if self.reml else "ML"
         return (f"<LinearMixedModel {self.formula!r} by {kind}: logLik {self.loglik:.4f}, "
                 f"{self.nobs} obs, groups {self.ngroups}>")
+
+
+def _check_nsim(nsim) -> None:
+    if not isinstance(nsim, (int, np.integer)) or isinstance(nsim, bool) or nsim < 1:
+        raise JaxlmmError(f"nsim must be a positive integer, not {nsim!r}")
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -324,6 +338,12 @@ def fit_design(design: Design, reml: bool = True, cp: CrossProducts | None = Non
 
 
 def lmer(formula: str, data: pd.DataFrame, reml: bool = True) -> LinearMixedModel:
-    """Fit a linear mixed model given by an lme4 formula, by REML (default) or ML."""
+    """Fit a linear mixed model given by an lme4 formula, by REML (default) or ML.
+
+    Input problems raise a :class:`~jaxlmm.errors.JaxlmmError` before any JAX work (see
+    :func:`~jaxlmm.design.build_design`).
+    """
+    if not isinstance(reml, (bool, np.bool_)):
+        raise JaxlmmError(f"reml must be True or False, not {reml!r}")
     design = build_design(parse_formula(formula), data)
-    return fit_design(design, reml=reml)
+    return fit_design(design, reml=bool(reml))
