@@ -28,6 +28,12 @@ from .errors import DataError, FormulaError, JaxlmmError
 from .model import LinearMixedModel, lmer
 
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip", ".zst")
+EXAMPLES = """examples:
+  jaxlmm fit data.csv "y ~ x + (1 + x | Group)" --coefs coefs.csv
+  jaxlmm anova data.csv "y ~ x + (1 | Group)" "y ~ x + (1 + x | Group)" --nsim 1000 --seed 1
+  jaxlmm pbtest data.parquet "y ~ x + (1 + x | Group)" "y ~ x + (1 | Group)" --nsim 1000
+
+exit status: 0 ok, 2 usage error or bad input (one line on stderr), 1 internal error"""
 
 
 # ---------------------------------------------------------------- input
@@ -43,7 +49,8 @@ def data_format(path: Path) -> str:
 
 
 def read_data(path: str | Path) -> pd.DataFrame:
-    """Read a data file as R's ``read.csv`` would feed ``lmer``; any problem becomes a one-line DataError."""
+    """Read a data file as R's ``read.csv`` (or ``read.csv2`` for a ``;``-separated file) would; any problem
+    becomes a one-line DataError."""
     path = Path(path)
     kind = data_format(path)
     if not path.is_file():
@@ -51,7 +58,10 @@ def read_data(path: str | Path) -> pd.DataFrame:
     try:
         if kind == "parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+        data = pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+        if kind == "csv" and data.shape[1] == 1 and ";" in str(data.columns[0]):  # R's write.csv2 (sep ; dec ,)
+            data = pd.read_csv(path, sep=";", decimal=",")
+        return data
     except ImportError as exc:
         raise DataError(f"cannot read {path}: Parquet needs pyarrow (pip install pyarrow): {exc}") from None
     except (OSError, ValueError) as exc:  # pandas' ParserError/EmptyDataError, UnicodeDecodeError, ArrowInvalid
@@ -202,7 +212,9 @@ def _bootstrap_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxlmm", description="Linear mixed models (lme4's lmer) in JAX.")
+    parser = argparse.ArgumentParser(
+        prog="jaxlmm", description="Linear mixed models (lme4's lmer) in JAX.", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"jaxlmm {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,anova,pbtest}")

@@ -109,26 +109,27 @@ def bad_files(folder):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("fit", "missing.csv", CORR), "cannot read missing.csv: no such file"),
+        (("fit", "missing.csv", CORR), "missing.csv: no such file"),
         (("fit", "data.xlsx", CORR), "unknown file type"),
-        (("fit", "ragged.csv", CORR), "cannot read ragged.csv as csv"),
-        (("fit", "empty.csv", CORR), "cannot read empty.csv as csv"),
-        (("fit", "binary.csv", CORR), "cannot read binary.csv as csv"),
-        (("fit", "fake.parquet", CORR), "cannot read fake.parquet as parquet"),
+        (("fit", "ragged.csv", CORR), "ragged.csv as csv: "),
+        (("fit", "empty.csv", CORR), "empty.csv as csv: "),
+        (("fit", "binary.csv", CORR), "binary.csv as csv: "),
+        (("fit", "fake.parquet", CORR), "fake.parquet as parquet: "),
         (("fit", "header_only.csv", CORR), "the data have no rows"),
         (("fit", SLEEP, "Reaction ~ Dayz + (Days | Subject)"), "unknown column 'Dayz'"),
         (("fit", SLEEP, "Reaction ~ Days + (Days | Subject"), "bad formula: expected ')' at position 33 in "),
         (("fit", SLEEP, "Reaction ~ Days"), "no random-effects term"),
-        (("fit", SLEEP, INTERCEPT, "--coefs", "no/such/dir/c.csv"), "cannot write no/such/dir/c.csv"),
+        (("fit", SLEEP, INTERCEPT, "--coefs", "no/such/dir/c.csv"), "no/such/dir/c.csv: "),
         (("anova", SLEEP, CORR), "at least two models"),
         (("anova", SLEEP, CORR, INTERCEPT, "--names", "one"), "--names gives 1 name(s) for 2 models"),
         (("pbtest", SLEEP, INTERCEPT, CORR, "--nsim", 5), "more parameters"),
     ],
 )
-def test_bad_input_is_one_line_and_status_2(capsys, tmp_path, monkeypatch, args, message):
+def test_bad_input_is_one_line_and_status_2(capsys, tmp_path, args, message):
     bad_files(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    status, out, err = run(capsys, *args)
+    command, data, *rest = args
+    rest = [tmp_path / a if str(a).endswith(".csv") else a for a in rest]  # --coefs into a missing folder
+    status, out, err = run(capsys, command, tmp_path / data, *rest)
     assert status == 2 and out == ""
     assert err.startswith("jaxlmm: error: ") and err.count("\n") == 1
     assert message in err
@@ -167,3 +168,9 @@ def test_progress_bars_only_on_a_terminal(capsys, monkeypatch, terminal, flag, b
     status, out, err = run(capsys, "pbtest", SLEEP, CORR, INTERCEPT, "--ml", "--nsim", 40, "--seed", 3, *flag)
     assert status == 0 and out.startswith("Bootstrap test")
     assert ("100%|" in err) == bar  # tqdm's finished bar
+
+
+def test_semicolon_csv_is_read_as_r_read_csv2(tmp_path):
+    data = pd.read_csv(SLEEP)
+    data.to_csv(tmp_path / "sleep2.csv", sep=";", decimal=",", index=False)
+    pd.testing.assert_frame_equal(cli.read_data(tmp_path / "sleep2.csv"), data)
