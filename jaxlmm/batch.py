@@ -21,77 +21,21 @@ import pandas as pd
 
 from .crossprod import CrossProducts, response_products
 from .design import Structure
-from .deviance import beta_hat, criterion, factorize, sigma_hat
+from .deviance import beta_hat, canonical_theta, criterion, factorize, sigma_hat
+from .optimize import bfgs_steps, positive_inverse
 
 Y_FIELDS = ("A1y", "A2y", "AXy", "yy")
 CP_AXES = CrossProducts(*(0 if f in Y_FIELDS else None for f in CrossProducts._fields))
 
 
-def column_diagonal(structure: Structure) -> np.ndarray:
-    """For each theta entry, the theta index of the diagonal entry of its Λ column."""
-    out = np.arange(structure.n_theta)
-    for b in structure.blocks:
-        for c in range(b.q):
-            for r in range(b.q):
-                if b.theta_index[r][c] >= 0:
-                    out[b.theta_index[r][c]] = b.theta_index[c][c]
-    return out
-
-
-def canonical_theta(theta: jnp.ndarray, structure: Structure) -> jnp.ndarray:
-    """Flip Λ columns with a negative diagonal (the criterion is unchanged) so that θ_ii >= 0."""
-    diag = theta[..., column_diagonal(structure)]
-    return jnp.where(diag < 0, -theta, theta)
-
-
-def bfgs_steps(theta, inv_hessian, step_length, budget, scale, cp: CrossProducts, structure: Structure, reml: bool,
-               gtol: float = 1e-6):
-    """Up to ``budget`` BFGS steps for one response from (theta, inverse Hessian, step length); vmap this.
-
-    Each step costs one criterion-and-gradient evaluation: ``d = −B g``, Armijo backtracking (a rejected
-    trial quarters the step and counts as a step), then the BFGS update of ``B`` (Nocedal & Wright 2006,
-    eq. 6.17).  Started from the fitted model's Hessian, which every replicate of the same design shares
-    closely, it converges in about as many steps as Newton's method at a sixth of the cost.
-    Returns theta, B, the step length, the criterion, the steps taken, done, and whether the scaled
-    gradient is small (the state carries over between calls).
-    """
-    value_and_grad = jax.value_and_grad(lambda t: criterion(factorize(t, cp, structure), cp.n, reml))
-    eye = jnp.eye(theta.shape[0])
-
-    def small_gradient(g):
-        return jnp.max(jnp.abs(g * scale)) < gtol
-
-    def step(state):
-        theta, f, g, B, t, it, done = state
-        d = -B @ g
-        descent = g @ d < 0
-        d = jnp.where(descent, d, -g * scale**2)  # fall back to scaled steepest descent
-        slope = g @ d
-        trial = theta + t * d
-        ft, gt = value_and_grad(trial)
-        accept = jnp.isfinite(ft) & jnp.all(jnp.isfinite(gt)) & (ft <= f + 1e-4 * t * slope)
-        s, y = trial - theta, gt - g
-        sy = s @ y
-        rho = 1.0 / jnp.where(sy > 1e-14, sy, 1.0)
-        updated = (eye - rho * jnp.outer(s, y)) @ B @ (eye - rho * jnp.outer(y, s)) + rho * jnp.outer(s, s)
-        B = jnp.where(accept & (sy > 1e-14), updated, B)
-        small_change = accept & (jnp.abs(ft - f) <= 1e-12 * (1.0 + jnp.abs(f)))
-        theta, f, g = jnp.where(accept, trial, theta), jnp.where(accept, ft, f), jnp.where(accept, gt, g)
-        t = jnp.where(accept, 1.0, t * 0.25)
-        done = small_gradient(g) | small_change | (t < 1e-10)
-        return theta, f, g, B, t, it + 1, done
-
-    f0, g0 = value_and_grad(theta)
-    init = (theta, f0, g0, inv_hessian, step_length, jnp.asarray(0), small_gradient(g0) | ~jnp.isfinite(f0))
-    theta, f, g, B, t, it, done = jax.lax.while_loop(lambda s: (~s[-1]) & (s[-2] < budget), step, init)
-    return theta, B, t, f, it, done, jnp.isfinite(f) & (jnp.max(jnp.abs(g * scale)) < 1e-3)
-
-
 @partial(jax.jit, static_argnames=("structure", "reml", "cp_axes"))
 def _bfgs_lanes(theta, inv_hessian, step_length, budget, scale, cp: CrossProducts, structure: Structure,
                 reml: bool, cp_axes: CrossProducts):
-    return jax.vmap(lambda t, b, s, sc, c: bfgs_steps(t, b, s, budget, sc, c, structure, reml),
-                    in_axes=(0, 0, 0, 0, cp_axes))(theta, inv_hessian, step_length, scale, cp)
+    def lane(t, b, s, sc, c):
+        value_and_grad = jax.value_and_grad(lambda u: criterion(factorize(u, c, structure), c.n, reml))
+        return bfgs_steps(value_and_grad, t, b, s, budget, sc)
+
+    return jax.vmap(lane, in_axes=(0, 0, 0, 0, cp_axes))(theta, inv_hessian, step_length, scale, cp)
 
 
 def start_inverse_hessian(model, theta: np.ndarray, reml: bool) -> np.ndarray:
@@ -118,14 +62,6 @@ def _hessian_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool):
         return jax.hessian(lambda u: criterion(factorize(u, c, structure), c.n, reml))(t)
 
     return jax.vmap(one)(theta, cp)
-
-
-def positive_inverse(H: np.ndarray) -> np.ndarray:
-    """``|H|⁻¹`` for (..., k, k) symmetric H: eigenvalues replaced by their absolute values (floored)."""
-    e, V = np.linalg.eigh(H)
-    e = np.abs(e)
-    e = np.maximum(e, 1e-8 * np.maximum(e.max(axis=-1, keepdims=True), 1e-300))
-    return (V / e[..., None, :]) @ np.swapaxes(V, -1, -2)
 
 
 def lane_placement(cp_axes: CrossProducts):
@@ -252,11 +188,18 @@ def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: in
     from .errors import DataError
 
     d = model.design
-    Y = np.asarray(Y, dtype=float)
+    Y = np.asarray(Y)
+    if not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool) or np.iscomplexobj(Y):
+        raise DataError(f"responses must be numbers, not {Y.dtype}")
+    Y = Y.astype(float)
     if Y.ndim == 1:
         Y = Y[:, None]
-    if Y.ndim != 2 or Y.shape[0] != d.n:
+    if Y.ndim != 2:
+        raise DataError(f"responses must be a vector or an (n, B) array, not {Y.ndim}-dimensional")
+    if Y.shape[0] != d.n:
         raise DataError(f"responses have {Y.shape[0]} rows; the model has {d.n} observations")
+    if Y.shape[1] == 0:
+        raise DataError("responses has no columns (B = 0)")
     if not np.all(np.isfinite(Y)):
         raise DataError("responses contain missing or infinite values")
     products = dict(zip(Y_FIELDS, response_products(Y, d.X, d.codes, d.Z, d.structure)))

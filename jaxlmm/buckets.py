@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .batch import BatchFit, _hessian_lanes, positive_inverse, run_lanes
+from .batch import BatchFit, _hessian_lanes, run_lanes
 from .crossprod import CrossProducts, block_offsets, crossproducts
 from .design import Design, ReBlock, Structure, build_design, theta_start
 from .errors import DataError
 from .formula import parse_formula
+from .optimize import positive_inverse
 
 ALL_BATCHED = CrossProducts(*([0] * len(CrossProducts._fields)))
 

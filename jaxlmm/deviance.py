@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .crossprod import CrossProducts, block_offsets
 from .design import ReBlock, Structure
@@ -210,3 +211,20 @@ def unscaled_vcov(f: Factor) -> jnp.ndarray:
     p = f.LXY.shape[0] - 1
     Linv = jax.scipy.linalg.solve_triangular(f.LXY[:p, :p], jnp.eye(p), lower=True)
     return Linv.T @ Linv
+
+
+def column_diagonal(structure: Structure) -> np.ndarray:
+    """For each theta entry, the theta index of the diagonal entry of its Λ column."""
+    out = np.arange(structure.n_theta)
+    for b in structure.blocks:
+        for c in range(b.q):
+            for r in range(b.q):
+                if b.theta_index[r][c] >= 0:
+                    out[b.theta_index[r][c]] = b.theta_index[c][c]
+    return out
+
+
+def canonical_theta(theta: jnp.ndarray, structure: Structure) -> jnp.ndarray:
+    """Flip Λ columns with a negative diagonal (the criterion is unchanged) so that θ_ii >= 0."""
+    diag = theta[..., column_diagonal(structure)]
+    return jnp.where(diag < 0, -theta, theta)

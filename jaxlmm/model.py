@@ -21,6 +21,7 @@ from .crossprod import CrossProducts, crossproducts
 from .design import Design, Structure, build_design, new_design_matrices, theta_start
 from .deviance import (
     beta_hat,
+    canonical_theta,
     criterion,
     factorize,
     lambda_matrix,
@@ -32,7 +33,7 @@ from .deviance import (
 from .errors import JaxlmmError
 from .formula import parse_formula
 from .modes import conditional_modes, conditional_variances
-from .optimize import OptSummary, minimize_theta
+from .optimize import OptSummary, bfgs_steps, minimize_theta
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta entries with a zero lower bound
 
@@ -50,6 +51,14 @@ def criterion_value_and_grad(theta, cp: CrossProducts, structure: Structure, rem
 @partial(jax.jit, static_argnames=("structure", "reml"))
 def criterion_hessian(theta, cp: CrossProducts, structure: Structure, reml: bool):
     return jax.hessian(profiled_deviance)(theta, cp, structure, reml)
+
+
+@partial(jax.jit, static_argnames=("structure", "reml"))
+def criterion_search(theta, inv_hessian, budget, scale, cp: CrossProducts, structure: Structure, reml: bool):
+    """The whole BFGS descent of the criterion in one compiled call: (theta, steps)."""
+    value_and_grad = jax.value_and_grad(lambda t: profiled_deviance(t, cp, structure, reml))
+    theta, _, _, _, steps, _, _ = bfgs_steps(value_and_grad, theta, inv_hessian, 1.0, budget, scale, gtol=1e-8)
+    return canonical_theta(theta, structure), steps
 
 
 @partial(jax.jit, static_argnames=("structure", "reml"))
@@ -317,8 +326,13 @@ def _check_nsim(nsim) -> None:
 
 
 # ---------------------------------------------------------------- the pipeline
-def fit_design(design: Design, reml: bool = True, cp: CrossProducts | None = None) -> LinearMixedModel:
-    """Optimise the criterion of an already built design and assemble the model."""
+def fit_design(design: Design, reml: bool = True, cp: CrossProducts | None = None,
+               max_iter: int = 2000) -> LinearMixedModel:
+    """Optimise the criterion of an already built design and assemble the model.
+
+    A fit that stops before the projected gradient vanishes warns, as lme4's "Model failed to converge"
+    check does, with a :class:`ConvergenceWarning`, and has ``converged`` False (``opt.message`` says why).
+    """
     structure = design.structure
     if cp is None:
         cp = crossproducts(design.y, design.X, design.codes, design.Z, structure)
@@ -330,20 +344,31 @@ def fit_design(design: Design, reml: bool = True, cp: CrossProducts | None = Non
     def hessian(theta):
         return np.asarray(criterion_hessian(jnp.asarray(theta), cp, structure, reml))
 
+    def search(theta, inv_hessian, budget):
+        out = criterion_search(jnp.asarray(theta), jnp.asarray(inv_hessian), budget, jnp.asarray(scale), cp,
+                               structure, reml)
+        return np.asarray(out[0]), int(out[1])
+
     scale = theta_scale(design)
-    opt = minimize_theta(value_and_grad, hessian, theta_start(structure) * scale, structure.lower, scale)
+    opt = minimize_theta(value_and_grad, hessian, search, theta_start(structure) * scale, structure.lower, scale,
+                         max_iter=max_iter)
     if not opt.converged:
         warnings.warn(f"Model failed to converge: {opt.message}", ConvergenceWarning, stacklevel=3)
     return LinearMixedModel(design, cp, reml, opt)
 
 
-def lmer(formula: str, data: pd.DataFrame, reml: bool = True) -> LinearMixedModel:
+def lmer(formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 2000) -> LinearMixedModel:
     """Fit a linear mixed model given by an lme4 formula, by REML (default) or ML.
 
-    Input problems raise a :class:`~jaxlmm.errors.JaxlmmError` before any JAX work (see
+    ``max_iter`` bounds the optimiser's iterations per stage (lme4's ``lmerControl(optCtrl = list(maxfun
+    = ...))``); when it runs out, or the optimum is not reached for another reason, the fit warns with a
+    :class:`ConvergenceWarning` ("Model failed to converge: ...", as lme4 does) and ``m.converged`` is
+    False.  Input problems raise a :class:`~jaxlmm.errors.JaxlmmError` before any JAX work (see
     :func:`~jaxlmm.design.build_design`).
     """
     if not isinstance(reml, (bool, np.bool_)):
         raise JaxlmmError(f"reml must be True or False, not {reml!r}")
+    if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
+        raise JaxlmmError(f"max_iter must be a positive integer, not {max_iter!r}")
     design = build_design(parse_formula(formula), data)
-    return fit_design(design, reml=bool(reml))
+    return fit_design(design, reml=bool(reml), max_iter=int(max_iter))
