@@ -1,11 +1,16 @@
 """jaxlmm: linear mixed-effects models (lme4's lmer) with a JIT-compiled, autodiff profiled deviance.
 
-Importing jaxlmm switches JAX to float64 (``jax_enable_x64``): lme4 parity needs it.
+Importing jaxlmm switches JAX to float64 (``jax_enable_x64``), which lme4 parity needs, and turns on
+JAX's persistent compilation cache in a user cache folder (``JAXLMM_CACHE_DIR=""`` turns it off).
 """
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+from .cache import use_compilation_cache
+
+use_compilation_cache()
 
 from .batch import BatchFit, fit_batch
 from .bootstrap import pbtest
@@ -14,6 +19,7 @@ from .datasets import load_seed
 from .errors import DataError, FormulaError, JaxlmmError, ModelComparisonError
 from .formula import parse_formula
 from .model import ConvergenceWarning, LinearMixedModel, lmer
+from .power import power, power_curve
 
 __all__ = [
     "BatchFit",
@@ -29,5 +35,7 @@ __all__ = [
     "load_seed",
     "parse_formula",
     "pbtest",
+    "power",
+    "power_curve",
 ]
 __version__ = "0.1.0"

@@ -253,11 +253,11 @@ def fit_batch(formula: str, data: pd.DataFrame | None = None, responses: np.ndar
 
 
 def _progress(enabled: bool | None, total: int, desc: str):
-    """A tqdm bar over ``total`` items when enabled (default: only on a terminal, for large batches)."""
+    """A tqdm bar over ``total`` items when enabled (default: when stderr is a terminal)."""
     import sys
 
     if enabled is None:
-        enabled = sys.stderr.isatty() and total > 1000
+        enabled = sys.stderr.isatty() and total > 1
     if not enabled:
         return None
     from tqdm.auto import tqdm

@@ -69,23 +69,6 @@ def read_data(path: str | Path) -> pd.DataFrame:
         raise DataError(f"cannot read {path} as {kind}: {reason}") from None
 
 
-def use_compilation_cache() -> None:
-    """Keep JAX's compiled kernels between runs (XLA's persistent cache) so that a second ``jaxlmm`` call on
-    models of the same shape skips compilation: in ``$JAXLMM_CACHE_DIR`` (empty: off), else
-    ``$XDG_CACHE_HOME/jaxlmm/xla`` or ``~/.cache/jaxlmm/xla``; a cache set up through JAX's own
-    ``JAX_COMPILATION_CACHE_DIR`` is left alone."""
-    import jax
-
-    if jax.config.jax_compilation_cache_dir:
-        return
-    folder = os.environ.get("JAXLMM_CACHE_DIR")
-    if folder is None:
-        folder = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxlmm" / "xla")
-    if folder:
-        jax.config.update("jax_compilation_cache_dir", folder)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
-
 def fit_models(data: pd.DataFrame, formulas: list[str], reml: bool) -> list[LinearMixedModel]:
     """One ``lmer`` fit per formula."""
     return [lmer(f, data, reml=reml) for f in formulas]
@@ -266,7 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "progress", False):
         args.progress = sys.stderr.isatty()
-    use_compilation_cache()
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
