@@ -26,12 +26,15 @@ from .bootstrap import PBTest, pbtest
 from .compare import anova
 from .errors import DataError, FormulaError, JaxlmmError
 from .model import LinearMixedModel, lmer
+from .power import power
 
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip", ".zst")
 EXAMPLES = """examples:
   jaxlmm fit data.csv "y ~ x + (1 + x | Group)" --coefs coefs.csv
   jaxlmm anova data.csv "y ~ x + (1 | Group)" "y ~ x + (1 + x | Group)" --nsim 1000 --seed 1
   jaxlmm pbtest data.parquet "y ~ x + (1 + x | Group)" "y ~ x + (1 | Group)" --nsim 1000
+  jaxlmm power design.csv "y ~ x + (1 | Group)" --term x --fixef '{"(Intercept)": 1, "x": 0.5}' \
+      --covariance '{"Group": [[0.3]]}' --sigma 1 --test lrt --nsim 1000 --seed 1
 
 exit status: 0 ok, 2 usage error or bad input (one line on stderr), 1 internal error"""
 
@@ -167,6 +170,31 @@ def cmd_pbtest(args: argparse.Namespace) -> None:
         print(pbtest_text(test, args.large, args.small))
 
 
+def json_argument(text: str, name: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{name} is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{name} must be a JSON object such as {{\"x\": 0.5}}")
+    return value
+
+
+def cmd_power(args: argparse.Namespace) -> None:
+    """simr's ``powerSim``: power of a test of ``--term`` for the specified model on DATA's design."""
+    result = power(args.formula, read_data(args.data), fixef=json_argument(args.fixef, "--fixef"),
+                   covariance=json_argument(args.covariance, "--covariance"), sigma=args.sigma, term=args.term,
+                   test=args.test, nsim=args.nsim, alpha=args.alpha, seed=args.seed, nboot=args.nboot,
+                   progress=args.progress)
+    summary = {k: result[k] for k in ("power", "se", "n_valid", "n_failed")}
+    if args.json:
+        dump({"formula": args.formula, "term": args.term, "test": args.test, "alpha": args.alpha, **summary})
+    else:
+        print(f"Power for {args.term!r} by {args.test} test at alpha {args.alpha:g}: {summary['power']:.4f} "
+              f"(SE {summary['se']:.4f}); {summary['n_valid']} of {args.nsim} simulations valid, "
+              f"{summary['n_failed']} failed")
+
+
 def at_least(minimum: int):
     """An argparse type: an integer >= ``minimum``."""
     def parse(text: str) -> int:
@@ -200,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"jaxlmm {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the traceback of an internal error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,anova,pbtest}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,anova,pbtest,power}")
 
     p = sub.add_parser("fit", help="fit one model and print lmerTest's summary",
                        description="Fit an lme4 formula and print lmerTest's summary (or --json).")
@@ -228,6 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsim", type=at_least(1), default=1000, help="number of simulations (default 1000)")
     _bootstrap_options(p)
     p.set_defaults(run=cmd_pbtest)
+
+    p = sub.add_parser("power", help="power by simulation (simr's powerSim) for a specified model",
+                       description="Simulate from the specified model on DATA's design (its covariates and groups; "
+                                   "the response column is ignored) and report the power of a test of --term.")
+    p.add_argument("data", help="a .csv, .tsv or .parquet file with the design's columns")
+    p.add_argument("formula", help='lme4 formula, e.g. "y ~ x + (1 | Group)"')
+    p.add_argument("--term", required=True, help="the fixed-effect term to test, e.g. x")
+    p.add_argument("--fixef", required=True, metavar="JSON", help='fixed effects, e.g. \'{"(Intercept)": 1, "x": 0.5}\'')
+    p.add_argument("--covariance", required=True, metavar="JSON",
+                   help='random-effects covariance per grouping factor, e.g. \'{"Group": [[0.3]]}\'')
+    p.add_argument("--sigma", type=float, required=True, help="residual standard deviation")
+    p.add_argument("--test", choices=("lrt", "pb", "satterthwaite"), default="lrt", help="the test (default lrt)")
+    p.add_argument("--nsim", type=at_least(1), default=1000, help="number of simulations (default 1000)")
+    p.add_argument("--nboot", type=at_least(1), default=1000, help="bootstrap draws for --test pb (default 1000)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _bootstrap_options(p)
+    p.set_defaults(run=cmd_power)
     return parser
 
 

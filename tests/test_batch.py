@@ -69,9 +69,10 @@ def test_datasets_of_different_sizes_equal_single_fits():
 
     seed2 = load_data("seed2")
     groups = sorted(seed2.Group.unique())
-    datasets = [seed2[seed2.Group.isin(groups[: 6 + k])].sample(frac=0.9, random_state=k) for k in range(4)]
+    # sizes chosen so that each formula needs one shape bucket (one compilation)
+    datasets = [seed2[seed2.Group.isin(groups[: 5 + k])].sample(frac=0.9, random_state=k) for k in range(3)]
     pen = load_data("Penicillin")
-    datasets_crossed = [pen[pen.plate.isin(sorted(pen.plate.unique())[: 12 + 4 * k])] for k in range(3)]
+    datasets_crossed = [pen[pen.plate.isin(sorted(pen.plate.unique())[: 10 + 3 * k])] for k in range(2)]
     for formula, sets, reml in [("y ~ x + (1 + x | Group)", datasets, False),
                                 ("diameter ~ 1 + (1 | plate) + (1 | sample)", datasets_crossed, True)]:
         batch = jaxlmm.fit_batch(formula, datasets=sets, reml=reml)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from conftest import FIXTURES, fitted
 
+import jaxlmm
 from jaxlmm import cli
 
 SLEEP = FIXTURES / "data" / "sleepstudy.csv"
@@ -174,3 +175,20 @@ def test_semicolon_csv_is_read_as_r_read_csv2(tmp_path):
     data = pd.read_csv(SLEEP)
     data.to_csv(tmp_path / "sleep2.csv", sep=";", decimal=",", index=False)
     pd.testing.assert_frame_equal(cli.read_data(tmp_path / "sleep2.csv"), data)
+
+
+def test_power_command(capsys, tmp_path):
+    design = pd.DataFrame({"x": np.tile(np.linspace(0, 1, 6), 12), "Group": np.repeat(np.arange(12), 6)})
+    path = tmp_path / "design.csv"
+    design.to_csv(path, index=False)
+    spec = ["--term", "x", "--fixef", '{"(Intercept)": 1, "x": 0.5}', "--covariance", '{"Group": [[0.3]]}',
+            "--sigma", "1", "--nsim", "40", "--seed", "1", "--no-progress"]
+    status, out, err = run(capsys, "power", path, "y ~ x + (1 | Group)", *spec, "--json")
+    assert status == 0, err
+    result = json.loads(out)
+    assert result["n_valid"] + result["n_failed"] == 40 and 0 <= result["power"] <= 1
+    direct = jaxlmm.power("y ~ x + (1 | Group)", design, fixef={"(Intercept)": 1, "x": 0.5},
+                          covariance={"Group": [[0.3]]}, sigma=1.0, term="x", nsim=40, seed=1)
+    assert result["power"] == pytest.approx(direct["power"])
+    status, out, err = run(capsys, "power", path, "y ~ x + (1 | Group)", *spec[:3], "{bad json", *spec[4:])
+    assert status == 2 and "--fixef is not valid JSON" in err
