@@ -67,6 +67,7 @@ def minimize_theta(
     """
     n_evals = 0
     max_newton = min(50, max_iter)
+    hessian = _remember_last(hessian)
 
     def descend(start):
         nonlocal n_evals
@@ -118,6 +119,21 @@ def minimize_theta(
     converged = bool(np.isfinite(f)) and (pg <= gtol or newton_decrement(hessian, theta, g, lower) <= 1e-8)
     message = "converged" if converged else f"not converged: max|projected gradient| = {pg:.3g}"
     return OptSummary(theta, float(f), n_evals, n_newton, converged, message, pg)
+
+
+def _remember_last(hessian):
+    """``hessian`` that returns its last result again when asked at the same theta (the polish and the
+    convergence test often ask twice; on large models one Hessian costs seconds)."""
+    last = {}
+
+    def cached(theta):
+        key = np.asarray(theta, dtype=float).tobytes()
+        if key not in last:
+            last.clear()
+            last[key] = hessian(theta)
+        return last[key]
+
+    return cached
 
 
 def _snap_to_bounds(value_and_grad, theta, f, g, lower, scale, tol: float = 1e-7):
