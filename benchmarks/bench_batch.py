@@ -3,10 +3,11 @@
     python benchmarks/bench_batch.py [--nsim 10000] [--lme4-nsim 200]
 
 Model ``y ~ x + (1 + x | Group)`` by ML on the shipped seed-shaped data (1,001 rows, 21 groups).
-* jaxlmm: simulate + refit ``nsim`` responses (chunks of 1,000, one compiled vmapped call each);
-  compile time is reported separately (first chunk of a fresh process minus a warm chunk).
-* lme4: ``bootMer`` refits of the same model (Rscript; skipped with a note when R is absent).
-* PB anova against ``(1 | Group)``: ``jaxlmm.pbtest`` with ``nsim`` simulations.
+* jaxlmm: ``m.bootstrap(nsim)`` = simulate + refit ``nsim`` responses, with lme4's plain simulation of y
+  and with the direct draw of the cross-products; compile time is reported separately.
+* PB anova against ``(1 | Group)``: ``jaxlmm.pbtest`` with ``nsim`` simulations (both models refitted).
+* lme4: ``bootMer`` refits and pbkrtest's ``PBmodcomp`` of the same models (Rscript; skipped with a note
+  when R is absent), with ``--lme4-nsim`` simulations each.
 """
 
 import argparse
@@ -16,27 +17,31 @@ import tempfile
 import time
 
 import jaxlmm
-from jaxlmm.batch import fit_responses
 
 LME4 = r"""
-suppressPackageStartupMessages(library(lme4))
+suppressPackageStartupMessages({{library(lme4); library(pbkrtest)}})
 d <- read.csv("{csv}")
 m <- lmer(y ~ x + (1 + x | Group), d, REML = FALSE)
+m1 <- lmer(y ~ x + (1 | Group), d, REML = FALSE)
 t <- system.time(b <- bootMer(m, function(f) fixef(f), nsim = {nsim}, seed = 1))[["elapsed"]]
-cat(sprintf("%.6f\n", t))
+t2 <- system.time(pb <- PBmodcomp(m, m1, nsim = {nsim}, seed = 1))[["elapsed"]]
+cat(sprintf("%.6f %.6f\n", t, t2))
 """
 
 
-def lme4_rate(nsim: int) -> float | None:
+def lme4_rates(nsim: int) -> tuple[float, float] | None:
+    """lme4's bootMer refits/s and pbkrtest's PBmodcomp seconds per simulation (both models refitted)."""
     if shutil.which("Rscript") is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         csv = f"{tmp}/seed.csv"
         jaxlmm.load_seed().to_csv(csv, index=False)
-        out = subprocess.run(["Rscript", "-e", LME4.format(csv=csv, nsim=nsim)], capture_output=True, text=True, check=False)
+        out = subprocess.run(["Rscript", "-e", LME4.format(csv=csv, nsim=nsim)], capture_output=True, text=True,
+                             check=False)
         if out.returncode != 0:
             return None
-        return nsim / float(out.stdout.strip().splitlines()[-1])
+        boot_s, pb_s = map(float, out.stdout.strip().splitlines()[-1].split())
+        return nsim / boot_s, pb_s / nsim
 
 
 def main() -> None:
@@ -49,33 +54,43 @@ def main() -> None:
     m1 = jaxlmm.lmer("y ~ x + (1 | Group)", data, reml=False)
 
     t = time.perf_counter()
-    fit_responses(m, m.simulate(1000, seed=0))
+    m.bootstrap(1000, seed=0)
     first = time.perf_counter() - t
     t = time.perf_counter()
-    fit_responses(m, m.simulate(1000, seed=1))
+    m.bootstrap(1000, seed=1)
     warm_chunk = time.perf_counter() - t
+    print(f"jaxlmm: compile time about {first - warm_chunk:.1f} s (first 1,000 refits {first:.2f} s, "
+          f"warm {warm_chunk:.2f} s)")
 
-    t = time.perf_counter()
-    fits = fit_responses(m, m.simulate(args.nsim, seed=2))
-    batch_s = time.perf_counter() - t
-    rate = args.nsim / batch_s
+    rates = {}
+    for simulation in ("plain", "direct"):
+        t = time.perf_counter()
+        fits = m.bootstrap(args.nsim, seed=2, simulation=simulation)
+        seconds = time.perf_counter() - t
+        rates[simulation] = args.nsim / seconds
+        print(f"jaxlmm bootstrap, {simulation} simulation: {args.nsim} refits in {seconds:.2f} s = "
+              f"{rates[simulation]:,.0f} refits/s; failed {fits.n_failed}; BFGS steps mean "
+              f"{fits.iterations.mean():.1f}, max {fits.iterations.max()}")
+    jaxlmm.pbtest(m, m1, nsim=1000, seed=0)  # compile the small model's kernels too
+    pb_seconds = {}
+    for simulation in ("plain", "direct"):
+        t = time.perf_counter()
+        pb = jaxlmm.pbtest(m, m1, nsim=args.nsim, seed=3, simulation=simulation)
+        pb_seconds[simulation] = time.perf_counter() - t
+        print(f"jaxlmm PB anova (1+x|Group) vs (1|Group), {simulation} simulation, {args.nsim} simulations: "
+              f"{pb_seconds[simulation]:.2f} s, p_boot {pb.p_boot:.4f}, failed {pb.n_failed}")
 
-    jaxlmm.pbtest(m, m1, nsim=1000, seed=0)  # compile both models' kernels
-    t = time.perf_counter()
-    pb = jaxlmm.pbtest(m, m1, nsim=args.nsim, seed=3)
-    pb_s = time.perf_counter() - t
-
-    r_rate = lme4_rate(args.lme4_nsim)
-    print(f"jaxlmm: {args.nsim} refits (simulation included) in {batch_s:.2f} s = {rate:,.0f} refits/s; "
-          f"failed {fits.n_failed}; mean/max Newton iterations {fits.iterations.mean():.1f}/{fits.iterations.max()}")
-    print(f"jaxlmm: compile time about {first - warm_chunk:.1f} s (first chunk {first:.2f} s, warm chunk {warm_chunk:.2f} s)")
-    print(f"jaxlmm: PB anova (1+x|Group) vs (1|Group), {args.nsim} simulations: {pb_s:.2f} s, p_boot {pb.p_boot:.4f}, "
-          f"failed {pb.n_failed}")
-    if r_rate is None:
-        print("lme4: not measured (Rscript or lme4 absent)")
-    else:
-        print(f"lme4 bootMer: {r_rate:,.1f} refits/s ({args.lme4_nsim} refits)")
-        print(f"ratio jaxlmm / lme4: {rate / r_rate:,.1f}x")
+    r = lme4_rates(args.lme4_nsim)
+    if r is None:
+        print("lme4: not measured (Rscript, lme4 or pbkrtest absent)")
+        return
+    boot_rate, pb_per_sim = r
+    print(f"lme4 bootMer: {boot_rate:,.1f} refits/s; pbkrtest PBmodcomp: {pb_per_sim * 1e3:.1f} ms per simulation "
+          f"({args.lme4_nsim} each)")
+    for simulation in ("plain", "direct"):
+        print(f"ratio jaxlmm / lme4, refits ({simulation}): {rates[simulation] / boot_rate:,.1f}x;  "
+              f"PB anova ({simulation}): {pb_per_sim * args.nsim / pb_seconds[simulation]:,.1f}x "
+              f"(PBmodcomp would take {pb_per_sim * args.nsim:,.0f} s for {args.nsim})")
 
 
 if __name__ == "__main__":

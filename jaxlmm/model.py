@@ -290,12 +290,14 @@ class LinearMixedModel:
         _check_nsim(nsim)
         return simulate(self, nsim, seed)
 
-    def bootstrap(self, nsim: int = 1000, seed: int | None = None, progress: bool | None = None):
-        """lme4's ``bootMer``: a :class:`~jaxlmm.batch.BatchFit` of ``nsim`` batched refits."""
+    def bootstrap(self, nsim: int = 1000, seed: int | None = None, progress: bool | None = None,
+                  simulation: str = "plain"):
+        """lme4's ``bootMer``: a :class:`~jaxlmm.batch.BatchFit` of ``nsim`` batched refits
+        (``simulation="direct"`` draws the responses' cross-products directly: same law, cheaper)."""
         from .bootstrap import bootstrap
 
         _check_nsim(nsim)
-        return bootstrap(self, nsim, seed, progress)
+        return bootstrap(self, nsim, seed, progress, simulation)
 
     def confint(self, method: str = "wald", level: float = 0.95, nsim: int = 1000, seed: int | None = None):
         """Wald intervals for the fixed effects, or ``method="boot"`` percentile intervals for all parameters."""
