@@ -3,7 +3,8 @@
     python benchmarks/bench_peers.py [--skip-insteval] [--repeats 5] [--out results.json]
 
 Every measurement runs in a fresh process under ``/usr/bin/time`` (wall time of the whole process = the
-cold start: import, compile, fit, print; and its peak resident memory).  Inside, the first fit is timed,
+cold start: import, compile, fit, print; and its peak resident memory).  jaxlmm runs twice: with its
+persistent compilation cache as a user has it after a first run, and with an empty cache (a new machine).  Inside, the first fit is timed,
 then the median of ``--repeats`` further fits of the same model ("warm").  Each row records the
 log-likelihood reached: a faster fit to a worse optimum is not a win.  A tool that is not installed
 (R/lme4, mixedlm, statsmodels) is skipped with a note.  Ratios are taken within this one run.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -93,8 +95,9 @@ def export_data(folder: Path, with_insteval: bool) -> dict[str, Path]:
     return paths
 
 
-def timed(cmd: list[str]) -> dict | None:
-    out = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M", *cmd], capture_output=True, text=True, check=False)
+def timed(cmd: list[str], env: dict | None = None) -> dict | None:
+    out = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M", *cmd], capture_output=True, text=True, check=False,
+                         env=env)
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("TIME ")]
     result = None
     for line in reversed(out.stdout.strip().splitlines()):
@@ -113,7 +116,8 @@ def available(tool: str) -> bool:
     if tool == "lme4":
         return shutil.which("Rscript") is not None and subprocess.run(
             ["Rscript", "-e", "library(lme4)"], capture_output=True, check=False).returncode == 0
-    module = {"jaxlmm": "jaxlmm", "mixedlm": "mixedlm", "statsmodels": "statsmodels"}[tool]
+    module = {"jaxlmm": "jaxlmm", "jaxlmm (empty cache)": "jaxlmm", "mixedlm": "mixedlm",
+              "statsmodels": "statsmodels"}[tool]
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, check=False).returncode == 0
 
 
@@ -123,7 +127,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    tools = [t for t in ("jaxlmm", "lme4", "mixedlm", "statsmodels") if available(t)]
+    tools = [t for t in ("jaxlmm", "jaxlmm (empty cache)", "lme4", "mixedlm", "statsmodels") if available(t)]
     for t in ("lme4", "mixedlm", "statsmodels"):
         if t not in tools:
             print(f"note: {t} is not installed here; its rows are skipped")
@@ -139,13 +143,16 @@ def main() -> None:
             for tool in tools:
                 if tool == "statsmodels" and sm is None:
                     continue
-                print(f"{task:36s} {tool:12s}", end="", flush=True)
+                print(f"{task:36s} {tool:20s}", end="", flush=True)
                 if tool == "lme4":
                     cmd = ["Rscript", "-e", R_DRIVER, str(paths[data]), formula, str(int(reml)), str(repeats)]
                 else:
-                    cmd = [sys.executable, "-c", PYTHON_DRIVER, tool, str(paths[data]), formula, str(int(reml)),
-                           str(repeats), json.dumps(sm)]
-                res = timed(cmd)
+                    cmd = [sys.executable, "-c", PYTHON_DRIVER, tool.split()[0], str(paths[data]), formula,
+                           str(int(reml)), str(repeats), json.dumps(sm)]
+                env = None
+                if tool == "jaxlmm (empty cache)":  # a first run on a new machine: nothing compiled yet
+                    env = dict(os.environ, JAXLMM_CACHE_DIR=tempfile.mkdtemp(dir=tmp))
+                res = timed(cmd, env)
                 if res is None:
                     print(" failed")
                     continue
@@ -161,7 +168,7 @@ def main() -> None:
         for r in rows:
             if r["task"] == task and r["tool"] != "lme4":
                 key = "warm_s" if r.get("warm_s") and base.get("warm_s") else "first_s"
-                print(f"  {task:36s} {r['tool']:12s} {key}: {base[key] / r[key]:6.2f}x   "
+                print(f"  {task:36s} {r['tool']:20s} {key}: {base[key] / r[key]:6.2f}x   "
                       f"cold process: {base['process_s'] / r['process_s']:5.2f}x   "
                       f"logLik - lme4's: {r['loglik'] - base['loglik']:+.4f}")
     if args.out:

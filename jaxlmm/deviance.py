@@ -128,13 +128,15 @@ def solve_lower_small(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
     return jnp.stack(rows, -2)
 
 
-def apply_lambda_rest(theta: jnp.ndarray, structure: Structure, M: jnp.ndarray) -> jnp.ndarray:
-    """``Λ₂ᵀ M`` for M with p₂ rows, Λ₂ = blockdiag over the rest blocks of I_G ⊗ Λ_k."""
+def apply_lambda_rest(theta: jnp.ndarray, structure: Structure, M: jnp.ndarray, transposed: bool = True
+                      ) -> jnp.ndarray:
+    """``Λ₂ᵀ M`` (or ``Λ₂ M``) for M with p₂ rows, Λ₂ = blockdiag over the rest blocks of I_G ⊗ Λ_k."""
     offsets = block_offsets(structure)
+    spec = "rs,gr...->gs..." if transposed else "rs,gs...->gr..."
     pieces = []
     for b, start, stop in zip(structure.blocks[1:], offsets, offsets[1:]):
         Mb = M[start:stop].reshape((b.n_levels, b.q) + M.shape[1:])
-        pieces.append(jnp.einsum("rs,gr...->gs...", lambda_matrix(theta, b), Mb).reshape((stop - start,) + M.shape[1:]))
+        pieces.append(jnp.einsum(spec, lambda_matrix(theta, b), Mb).reshape((stop - start,) + M.shape[1:]))
     return jnp.concatenate(pieces, axis=0)
 
 

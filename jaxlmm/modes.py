@@ -21,16 +21,6 @@ def _M1_inverse(f: Factor) -> jnp.ndarray:
     return jnp.swapaxes(Linv, -1, -2) @ Linv
 
 
-def _lambda_rest_T(theta, structure, v):
-    """``Λ₂ v`` (the transpose action of :func:`apply_lambda_rest`)."""
-    offsets = block_offsets(structure)
-    pieces = []
-    for b, start, stop in zip(structure.blocks[1:], offsets, offsets[1:]):
-        vb = v[start:stop].reshape((b.n_levels, b.q) + v.shape[1:])
-        pieces.append(jnp.einsum("rs,gs...->gr...", lambda_matrix(theta, b), vb).reshape((stop - start,) + v.shape[1:]))
-    return jnp.concatenate(pieces, axis=0)
-
-
 def conditional_modes(theta, cp: CrossProducts, structure: Structure, f: Factor, beta) -> list[jnp.ndarray]:
     """``b = Λu`` per block, each (levels, q)."""
     b1 = structure.blocks[0]
@@ -46,7 +36,7 @@ def conditional_modes(theta, cp: CrossProducts, structure: Structure, f: Factor,
     Lz1 = (z1 @ Lam1.T).reshape(-1)
     rhs2 = c2 - apply_lambda_rest(theta, structure, jax.ops.segment_sum(cp.A21_val * Lz1[cp.A21_col], cp.A21_row, num_segments=p2))
     u2 = jax.scipy.linalg.cho_solve((f.L2, True), rhs2)
-    Lu2 = _lambda_rest_T(theta, structure, u2)
+    Lu2 = apply_lambda_rest(theta, structure, u2, transposed=False)
     t = jax.ops.segment_sum(cp.A21_val * Lu2[cp.A21_row], cp.A21_col, num_segments=b1.n_levels * b1.q)
     u1 = jnp.einsum("grs,gs->gr", Minv1, c1 - t.reshape(b1.n_levels, b1.q) @ Lam1)
     out = [u1 @ Lam1.T]
