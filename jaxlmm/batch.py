@@ -168,6 +168,13 @@ class BatchFit:
     def n_failed(self) -> int:
         return int((~self.converged).sum())
 
+    def gathered(self) -> BatchFit:
+        """The fits of every process under ``jax.distributed`` (this one alone otherwise)."""
+        from .hosts import gather
+
+        return BatchFit(gather(self.theta), gather(self.beta), gather(self.sigma), gather(self.criterion),
+                        gather(self.converged), gather(self.iterations), self.fixef_names, self.reml)
+
     def to_frame(self) -> pd.DataFrame:
         """Long tidy table: replicate, term, estimate (fixed effects, theta, sigma, logLik, converged)."""
         B = self.beta.shape[0]

@@ -22,6 +22,7 @@ from .compare import _same_observations
 from .crossprod import response_products, sparse_Z
 from .deviance import lambda_matrix
 from .errors import ModelComparisonError
+from .hosts import process_share
 from .model import term_covariances
 from .tables import ran_pars
 
@@ -54,12 +55,14 @@ def simulate(model, nsim: int = 1, seed: int | None = None) -> np.ndarray:
 def simulated_products(models, nsim: int, seed: int | None = None, simulation: str = "plain"
                        ) -> list[dict[str, np.ndarray]]:
     """For each model in ``models``, the y-dependent cross-products of ``nsim`` responses simulated from
-    the first model, in blocks, so that Y is never held whole (a million fits fit in memory).
+    the first model, in blocks, so that Y is never held whole (a million fits fit in memory).  Under
+    ``jax.distributed``, only this process's share (:mod:`jaxlmm.hosts`).
 
     ``simulation="plain"`` simulates y as lme4's ``simulate`` does (the same stream as :func:`simulate`);
     ``"direct"`` draws the products themselves (:func:`direct_products`): exact in distribution, much
     cheaper for one-factor designs, but a different random stream.
     """
+    nsim, seed = process_share(nsim, seed)  # under jax.distributed: this process's share only
     if simulation == "direct":
         return direct_products(models, nsim, seed)
     if simulation != "plain":
@@ -129,7 +132,7 @@ def bootstrap(model, nsim: int = 1000, seed: int | None = None, progress: bool |
               simulation: str = "plain") -> BatchFit:
     """Parametric bootstrap (``bootMer``): the model refitted to ``nsim`` simulated responses."""
     (products,) = simulated_products([model], nsim, seed, simulation)
-    return fit_products(model, products, progress=progress)
+    return fit_products(model, products, progress=progress).gathered()
 
 
 def bootstrap_table(model, fits: BatchFit) -> pd.DataFrame:
@@ -189,8 +192,8 @@ def pbtest(large, small, nsim: int = 1000, seed: int | None = None, progress: bo
     lrt = max(0.0, 2 * (large_ml.loglik - small_ml.loglik))
     df = large_ml.npar - small_ml.npar
     small_products, large_products = simulated_products([small_ml, large_ml], nsim, seed, simulation)
-    fit_small = fit_products(small_ml, small_products, reml=False, progress=progress)
-    fit_large = fit_products(large_ml, large_products, reml=False, progress=progress)
+    fit_small = fit_products(small_ml, small_products, reml=False, progress=progress).gathered()
+    fit_large = fit_products(large_ml, large_products, reml=False, progress=progress).gathered()
     ok = fit_small.converged & fit_large.converged
     reference = np.maximum(0.0, fit_small.criterion - fit_large.criterion)[ok]
     p_boot = (1 + np.sum(reference >= lrt)) / (1 + reference.size)

@@ -29,6 +29,7 @@ from .crossprod import crossproducts
 from .design import Design, build_design
 from .errors import DataError
 from .formula import ModelPart, parse_formula
+from .hosts import gather
 from .inference import satterthwaite_df
 from .model import LinearMixedModel
 from .optimize import OptSummary
@@ -101,8 +102,8 @@ def power(formula: str, data: pd.DataFrame, fixef: dict[str, float], covariance:
         null_beta = [fixef[k] for k in reduced.fixef_names]
         null = specified_model(reduced, null_beta, theta, sigma)
         products_full, products_null = simulated_products([truth, null], nsim, seed)
-        fit_full = fit_products(truth, products_full, reml=False, progress=progress)
-        fit_null = fit_products(null, products_null, reml=False, progress=progress)
+        fit_full = fit_products(truth, products_full, reml=False, progress=progress).gathered()
+        fit_null = fit_products(null, products_null, reml=False, progress=progress).gathered()
         ok = fit_full.converged & fit_null.converged
         lrt = np.maximum(0.0, fit_null.criterion - fit_full.criterion)
         df = full.p - reduced.p
@@ -110,8 +111,8 @@ def power(formula: str, data: pd.DataFrame, fixef: dict[str, float], covariance:
             p_values = scipy.stats.chi2.sf(lrt, df)
         else:
             ref_null, ref_full = simulated_products([null, truth], nboot, None if seed is None else seed + 1)
-            f0 = fit_products(null, ref_null, reml=False, progress=progress)
-            f1 = fit_products(truth, ref_full, reml=False, progress=progress)
+            f0 = fit_products(null, ref_null, reml=False, progress=progress).gathered()
+            f1 = fit_products(truth, ref_full, reml=False, progress=progress).gathered()
             good = f0.converged & f1.converged
             reference = np.sort(np.maximum(0.0, f0.criterion - f1.criterion)[good])
             p_values = (1 + reference.size - np.searchsorted(reference, lrt, side="left")) / (1 + reference.size)
@@ -135,7 +136,8 @@ def _satterthwaite_p(truth: LinearMixedModel, term: str, nsim: int, seed, progre
     ))
     df, var = per_lane(fits.theta, fits.sigma, *(jnp.asarray(products[f]) for f in ("A1y", "A2y", "AXy", "yy")))
     t = fits.beta[:, k] / np.sqrt(np.asarray(var)[:, 0])
-    return 2 * scipy.stats.t.sf(np.abs(t), np.asarray(df)[:, 0]), fits.converged
+    p_values = 2 * scipy.stats.t.sf(np.abs(t), np.asarray(df)[:, 0])
+    return gather(p_values), gather(fits.converged)
 
 
 def power_curve(formula: str, make_data: Callable[[int], pd.DataFrame], n_groups: list[int], **kwargs) -> pd.DataFrame:

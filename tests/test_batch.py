@@ -139,3 +139,46 @@ def test_pbtest_reference_same_law_both_simulations():
     a = jaxlmm.pbtest(large, small, nsim=400, seed=1)
     b = jaxlmm.pbtest(large, small, nsim=400, seed=2, simulation="direct")
     assert scipy.stats.ks_2samp(a.reference, b.reference).pvalue > 1e-3
+
+
+def test_two_processes_under_jax_distributed_share_and_gather(tmp_path):
+    """jax.distributed on two local CPU processes: each fits half the simulations, both return all of them."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    script = (
+        "import sys, numpy as np, jax\n"
+        "jax.config.update('jax_cpu_collectives_implementation', 'gloo')\n"
+        "jax.distributed.initialize(coordinator_address=f'localhost:{sys.argv[2]}', num_processes=2,"
+        " process_id=int(sys.argv[1]))\n"
+        "import jaxlmm\n"
+        "data = jaxlmm.load_seed()\n"
+        "m1 = jaxlmm.lmer('y ~ x + (1 | Group)', data, reml=False)\n"
+        "m3 = jaxlmm.lmer('y ~ x + (1 + x | Group)', data, reml=False)\n"
+        "res = jaxlmm.pbtest(m3, m1, nsim=31, seed=5)\n"
+        "boot = m3.bootstrap(11, seed=6)\n"
+        "np.save(sys.argv[3], np.concatenate([[res.p_boot, res.reference.size, boot.beta.shape[0]],"
+        " res.reference, boot.beta.ravel()]))\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    outs = [tmp_path / f"p{k}.npy" for k in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(k), str(port), str(outs[k])], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    first, second = np.load(outs[0]), np.load(outs[1])
+    np.testing.assert_array_equal(first, second)  # both processes hold the whole result
+    assert first[1] == 31 and first[2] == 11
+    reference = first[3:34]
+    lrt = 2 * (fitted_seed_loglik("y ~ x + (1 + x | Group)") - fitted_seed_loglik("y ~ x + (1 | Group)"))
+    assert first[0] == pytest.approx((1 + np.sum(reference >= lrt)) / 32)
+
+
+def fitted_seed_loglik(formula):
+    return jaxlmm.lmer(formula, jaxlmm.load_seed(), reml=False).loglik
