@@ -56,7 +56,7 @@ def _estimates_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool,
 
 
 @partial(jax.jit, static_argnames=("structure", "reml"))
-def _hessian_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool):
+def hessian_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool):
     """The exact Hessian per lane (every cross-product batched): BFGS's start for data-set batches."""
     def one(t, c):
         return jax.hessian(lambda u: criterion(factorize(u, c, structure), c.n, reml))(t)
@@ -90,7 +90,8 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
 
     Lanes are scheduled in calls of ``chunk_size`` (one compiled shape): each call gives every lane up to
     ``budget`` BFGS steps; lanes that are not done return to the pool and fill the next call first, so
-    no call waits on a few slow lanes.  A lane still not done after ``max_iter`` steps is a failure.
+    no call waits on a few slow lanes.  In a batch of at least four calls, the last stragglers run in
+    calls of an eighth of the size (a second compiled shape).  A lane still not done after ``max_iter`` steps is a failure.
     With several local devices (GPUs, or CPU devices from
     ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) each call's lanes are split across them.
     Returns (theta, beta, sigma, criterion, converged, steps).
@@ -105,15 +106,18 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
     crit = np.full(B, np.nan)
     n_dev = jax.local_device_count()
     size = -(-min(chunk_size, B) // n_dev) * n_dev  # a multiple of the device count
+    # the last few slow lanes of a large batch run in a smaller call instead of a padded full one
+    tail = -(-max(1, size // 8) // n_dev) * n_dev if B >= 4 * size else size
 
-    def pad(lanes):
-        return np.concatenate([lanes, np.repeat(lanes[:1], size - lanes.size)])
+    def pad(lanes, width=size):
+        return np.concatenate([lanes, np.repeat(lanes[:1], width - lanes.size)])
 
     bar = _progress(enabled=progress, total=B, desc="fitting")
     while not done.all():
         todo = np.flatnonzero(~done)
-        lanes = todo[np.argsort(steps[todo] == 0, kind="stable")][:size]  # started lanes first
-        padded = pad(lanes)
+        width = tail if todo.size <= tail else size
+        lanes = todo[np.argsort(steps[todo] == 0, kind="stable")][:width]  # started lanes first
+        padded = pad(lanes, width)
         lane_args, cp = place((theta[padded], inv_hessian[padded], step_length[padded], scale[padded]),
                               lane_cp(padded))
         out = jax.device_get(_bfgs_lanes(*lane_args[:3], budget, lane_args[3], cp, structure, reml, cp_axes))

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import scipy.stats
 
 from .batch import Y_FIELDS, BatchFit, fit_products
-from .compare import _same_observations
+from .compare import same_observations
 from .crossprod import response_products, sparse_Z
 from .deviance import lambda_matrix
 from .errors import ModelComparisonError
@@ -39,11 +39,13 @@ def simulate_blocks(model, nsim: int, seed: int | None = None):
           for b, Z, codes in zip(d.structure.blocks, d.Z, d.codes)]
     for first in range(0, nsim, SIMULATION_BLOCK):
         size = min(SIMULATION_BLOCK, nsim - first)
-        Y = np.repeat(mean[:, None], size, axis=1)
-        for Zk, Lam, b in Zs:
-            u = rng.standard_normal((size, b.n_levels, b.q))
-            Y += Zk @ (model.sigma * u @ Lam.T).reshape(size, -1).T  # level-major columns
-        Y += model.sigma * rng.standard_normal((d.n, size))
+        effects = [(model.sigma * rng.standard_normal((size, b.n_levels, b.q)) @ Lam.T).reshape(size, -1).T
+                   for _, Lam, b in Zs]  # level-major columns; drawn before the residuals
+        Y = rng.standard_normal((d.n, size))  # built in place: σε + Xβ + Σ Z_k b_k
+        Y *= model.sigma
+        Y += mean[:, None]
+        for (Zk, _, _), b in zip(Zs, effects):
+            Y += Zk @ b
         yield Y
 
 
@@ -185,7 +187,7 @@ def pbtest(large, small, nsim: int = 1000, seed: int | None = None, progress: bo
 
     ``simulation="direct"`` draws the simulated responses' cross-products directly (see
     :func:`direct_products`): the same distribution, several times cheaper, another random stream."""
-    _same_observations([large, small])
+    same_observations([large, small])
     large_ml, small_ml = (m.refit_ml() for m in (large, small))
     if small_ml.npar >= large_ml.npar:
         raise ModelComparisonError("the first model must have more parameters than the second")

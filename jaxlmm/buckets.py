@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .batch import BatchFit, _hessian_lanes, run_lanes
+from .batch import BatchFit, hessian_lanes, run_lanes
 from .crossprod import CrossProducts, block_offsets, crossproducts
 from .design import Design, ReBlock, Structure, build_design, theta_start
 from .errors import DataError
@@ -101,7 +101,7 @@ def fit_datasets(formula: str, datasets: list[pd.DataFrame], reml: bool = True, 
                                   for f in CrossProducts._fields))
         scale = np.stack([theta_scale(designs[k]) for k in members])
         start = np.tile(theta_start(target), (len(members), 1)) * scale
-        inv_hessian = positive_inverse(np.asarray(_hessian_lanes(start, stacked, target, reml)))
+        inv_hessian = positive_inverse(np.asarray(hessian_lanes(start, stacked, target, reml)))
 
         def lane_cp(lanes, stacked=stacked):
             return CrossProducts(*(a[lanes] for a in stacked))

@@ -22,7 +22,7 @@ def _check_models(models) -> None:
                                        "jaxlmm.lmer: anova compares fitted models")
 
 
-def _same_observations(models) -> None:
+def same_observations(models) -> None:
     """Same rows and the same response (lme4: "models were not all fitted to the same size of dataset")."""
     _check_models(models)
     first = models[0].design
@@ -57,7 +57,7 @@ def anova(*models, names: list[str] | None = None, nsim: int = 0, seed: int | No
     names = list(names) if names is not None else [f"m{k + 1}" for k in range(len(models))]
     if len(names) != len(models):
         raise ModelComparisonError("give one name per model")
-    _same_observations(models)
+    same_observations(models)
     fits = ml_versions(models)
     order = sorted(range(len(fits)), key=lambda k: fits[k].npar)
     fits = [fits[k] for k in order]
