@@ -21,7 +21,7 @@ import pandas as pd
 
 from .crossprod import CrossProducts, response_products
 from .design import Structure
-from .deviance import beta_hat, canonical_theta, criterion, factorize, sigma_hat
+from .deviance import beta_hat, canonical_theta, factorize, profiled_deviance, sigma_hat
 from .optimize import bfgs_steps, positive_inverse
 
 Y_FIELDS = ("A1y", "A2y", "AXy", "yy")
@@ -32,7 +32,7 @@ CP_AXES = CrossProducts(*(0 if f in Y_FIELDS else None for f in CrossProducts._f
 def _bfgs_lanes(theta, inv_hessian, step_length, budget, scale, cp: CrossProducts, structure: Structure,
                 reml: bool, cp_axes: CrossProducts):
     def lane(t, b, s, sc, c):
-        value_and_grad = jax.value_and_grad(lambda u: criterion(factorize(u, c, structure), c.n, reml))
+        value_and_grad = jax.value_and_grad(lambda u: profiled_deviance(u, c, structure, reml))
         return bfgs_steps(value_and_grad, t, b, s, budget, sc)
 
     return jax.vmap(lane, in_axes=(0, 0, 0, 0, cp_axes))(theta, inv_hessian, step_length, scale, cp)
@@ -59,7 +59,7 @@ def _estimates_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool,
 def hessian_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool):
     """The exact Hessian per lane (every cross-product batched): BFGS's start for data-set batches."""
     def one(t, c):
-        return jax.hessian(lambda u: criterion(factorize(u, c, structure), c.n, reml))(t)
+        return jax.hessian(profiled_deviance)(t, c, structure, reml)
 
     return jax.vmap(one)(theta, cp)
 
