@@ -323,8 +323,9 @@ def clean_column(name: str, values: pd.Series, role: str) -> pd.Series:
     """Check a used variable's type for its role ("response", "covariate" or "grouping").
 
     Numbers held in an object column are converted to floats; dates, durations and complex numbers are
-    refused; text that parses as numbers is refused as a response or covariate (lme4 would have read such
-    a CSV column as numbers; jaxlmm would silently make it a factor with one level per value).
+    refused.  Text that parses as numbers is refused as a response, and as a covariate with many distinct
+    values (lme4 would have read such a CSV column as numbers); a covariate with few distinct values is a
+    factor coded by numbers (levels "175", "185", ...) and is used as one, with a warning, as R does.
     """
     kind = f"the response {name!r}" if role == "response" else f"column {name!r}"
     dtype = values.dtype
@@ -343,6 +344,12 @@ def clean_column(name: str, values: pd.Series, role: str) -> pd.Series:
     if isinstance(dtype, pd.CategoricalDtype) or role == "grouping":
         return values
     if (dtype == object or pd.api.types.is_string_dtype(dtype)) and _looks_numeric(values):
+        n_levels = values.nunique()
+        if role != "response" and n_levels <= min(50, len(values) // 2):  # a factor coded by numbers
+            warnings.warn(f"{kind} holds numbers stored as text; it is used as a factor with {n_levels} levels, "
+                          "as R does with character columns (use pd.to_numeric to use it as a number)",
+                          stacklevel=4)
+            return values
         example = values.dropna().iloc[0]
         advice = "" if role == "response" else (
             f", or make it a pd.Categorical (or write factor({name})) to use it as a factor")

@@ -353,10 +353,19 @@ def _parse(text: str) -> Formula:
     fixed_nodes, bars = [], []
     for node in _split_plus(rhs):
         (bars if _is_bar(node) else fixed_nodes).append(node)
+    # R orders a term's variables by their first appearance in the formula the term belongs to: the
+    # fixed part (lme4's nobars formula) and each bar's left side are separate formulas
+    if fixed_nodes:
+        fixed_tree = fixed_nodes[0]
+        for node in fixed_nodes[1:]:
+            fixed_tree = ("bin", "+", fixed_tree, node, 0)
+        fixed = ex.part(fixed_tree)
+    else:
+        fixed = ModelPart((), True)
     random: list[RandomTerm] = []
     for bar in bars:
         op, eff_node, grp_node, pos = bar[1][1], bar[1][2], bar[1][3], bar[1][4]
-        effects = ex.part(eff_node)
+        effects = _Expander(text).part(eff_node)
         groups = _grouping_terms(grp_node, ex)
         pieces = [effects]
         if op == "||":  # expandDoubleVerts: one uncorrelated term per column term
@@ -371,13 +380,6 @@ def _parse(text: str) -> Formula:
                 if term in random:
                     ex.error(f"duplicated random-effects term ({_show(eff)} | {term.group_name})", pos)
                 random.append(term)
-    if fixed_nodes:
-        fixed_tree = fixed_nodes[0]
-        for node in fixed_nodes[1:]:
-            fixed_tree = ("bin", "+", fixed_tree, node, 0)
-        fixed = ex.part(fixed_tree)
-    else:
-        fixed = ModelPart((), True)
     return Formula(text, response, fixed, tuple(random))
 
 

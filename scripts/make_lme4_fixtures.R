@@ -101,6 +101,23 @@ mach <- as.data.frame(Machines); mach$Worker <- as.character(mach$Worker); mach$
 write_data(mach, "Machines")
 oats <- as.data.frame(Oats); oats$Block <- as.character(oats$Block); oats$Variety <- as.character(oats$Variety)
 write_data(oats, "Oats")
+as_plain <- function(d) {  # factors as character columns, the way the tests read them back
+  d <- as.data.frame(d)
+  for (v in names(d)) if (is.factor(d[[v]])) d[[v]] <- as.character(d[[v]])
+  d
+}
+refactor <- function(d) {  # and as R fits them: character columns are factors (sorted levels)
+  for (v in names(d)) if (is.character(d[[v]])) d[[v]] <- factor(d[[v]])
+  d
+}
+data("ergoStool", "Oxboys", "Pixel", "Assay", "Gasoline", "Rail", package = "nlme")
+ergo <- as_plain(ergoStool); write_data(ergo, "ergoStool")
+oxboys <- as_plain(Oxboys); write_data(oxboys, "Oxboys")
+pixel <- as_plain(Pixel); write_data(pixel, "Pixel")
+assay <- as_plain(Assay); write_data(assay, "Assay")
+gasoline <- as_plain(Gasoline); write_data(gasoline, "Gasoline")
+rail <- as_plain(Rail); write_data(rail, "Rail")
+co2 <- as_plain(CO2); write_data(co2, "CO2")
 seed <- read.csv("jaxlmm/data/seed.csv")
 seed2 <- read.csv("tests/fixtures/data/seed2.csv")
 
@@ -120,6 +137,15 @@ case("cake_reml", "angle ~ recipe * temperature + (1 | recipe:replicate)", cake2
 case("orthodont_reml", "distance ~ age * Sex + (age | Subject)", orth, "Orthodont", TRUE)
 case("machines_reml", "score ~ Machine + (1 | Worker/Machine)", mach, "Machines", TRUE)
 case("oats_reml", "yield ~ nitro + Variety + (1 | Block/Variety)", oats, "Oats", TRUE)
+case("oats_interaction_ml", "yield ~ nitro * Variety + (1 | Block) + (1 | Block:Variety)", oats, "Oats", FALSE)
+case("ergostool_reml", "effort ~ Type + (1 | Subject)", refactor(ergo), "ergoStool", TRUE)
+case("oxboys_quadratic_reml", "height ~ age + I(age^2) + (age | Subject)", refactor(oxboys), "Oxboys", TRUE)
+case("pixel_nested_slope_reml", "pixel ~ day + I(day^2) + (day | Dog) + (1 | Side:Dog)", refactor(pixel), "Pixel", TRUE)
+case("assay_three_crossed_reml", "logDens ~ sample * dilut + (1 | Block) + (1 | sample:Block) + (1 | dilut:Block)",
+     refactor(assay), "Assay", TRUE)
+case("gasoline_ml", "yield ~ endpoint + vapor + (1 | Sample)", refactor(gasoline), "Gasoline", FALSE)
+case("rail_ml", "travel ~ 1 + (1 | Rail)", refactor(rail), "Rail", FALSE)
+case("co2_log_interaction_reml", "uptake ~ log(conc) + Type * Treatment + (1 | Plant)", refactor(co2), "CO2", TRUE)
 for (d in list(list(seed, "seed"), list(seed2, "seed2"))) {
   nm <- d[[2]]; df <- d[[1]]
   l1 <- case(paste0(nm, "_lmm1_ml"), "y ~ x + (1 | Group)", df, nm, FALSE)

@@ -13,6 +13,7 @@ from jaxlmm.datasets import load_seed
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = sorted(p.stem for p in (FIXTURES / "lme4").glob("*.json") if not p.stem.startswith("anova_"))
+FACTORS_CODED_BY_NUMBERS = {"cake": ["temperature"], "Assay": ["dilut"]}
 ANOVA_CASES = sorted(p.stem[len("anova_"):] for p in (FIXTURES / "lme4").glob("anova_*.json"))
 
 
@@ -20,8 +21,8 @@ def load_data(name: str) -> pd.DataFrame:
     if name == "seed":
         return load_seed()
     data = pd.read_csv(FIXTURES / "data" / f"{name}.csv")
-    if name == "cake":  # a factor in R
-        data["temperature"] = pd.Categorical(data["temperature"])
+    for column in FACTORS_CODED_BY_NUMBERS.get(name, ()):  # factors in R, numbers in the CSV
+        data[column] = pd.Categorical(data[column])
     return data
 
 

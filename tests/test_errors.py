@@ -231,3 +231,14 @@ def test_fit_batch_responses_of_wrong_length_or_missing():
                        (np.full((60, 2), np.nan), "missing or infinite")]:
         with pytest.raises(DataError, match=message):
             jaxlmm.fit_batch("y ~ x + (1 | g)", d, responses=Y)
+
+
+def test_numbers_as_text_with_few_values_are_a_factor_like_r():
+    from conftest import load_data
+
+    cake = load_data("cake").astype({"temperature": str})
+    with pytest.warns(UserWarning, match="used as a factor with 6 levels"):
+        m = jaxlmm.lmer("angle ~ recipe * temperature + (1 | recipe:replicate)", cake)
+    assert "recipeB:temperature185" in m.fixef.index
+    ref = jaxlmm.lmer("angle ~ recipe * temperature + (1 | recipe:replicate)", load_data("cake"))
+    np.testing.assert_allclose(m.fixef.values, ref.fixef.values, rtol=1e-8)
