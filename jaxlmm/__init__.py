@@ -1,7 +1,7 @@
 """jaxlmm: linear mixed-effects models (lme4's lmer) with a JIT-compiled, autodiff profiled deviance.
 
 Importing jaxlmm switches JAX to float64 (``jax_enable_x64``), which lme4 parity needs, and turns on
-JAX's persistent compilation cache in a user cache folder (``JAXLMM_CACHE_DIR=""`` turns it off).
+JAX's persistent compilation cache when ``JAXLMM_CACHE_DIR`` names a folder (see ``jaxlmm/cache.py``).
 """
 
 import jax

@@ -1,4 +1,10 @@
-"""JAX's persistent compilation cache, switched on when jaxlmm is imported."""
+"""JAX's persistent compilation cache: on for the ``jaxlmm`` command, opt-in for library use.
+
+jaxlib 0.10 on CPU was seen to crash (segmentation fault) while serialising some executables into the
+cache in long processes that had compiled hundreds of kernels (the full test suite), so a Python
+process turns the cache on only when ``JAXLMM_CACHE_DIR`` names a folder.  The command line, whose
+processes are short and whose cold start matters most, uses the default folder unless told otherwise.
+"""
 
 import os
 from pathlib import Path
@@ -6,17 +12,17 @@ from pathlib import Path
 import jax
 
 
-def use_compilation_cache() -> None:
-    """Keep JAX's compiled kernels between processes (XLA's persistent cache), so that a new process
-    fitting a model of a shape seen before skips compilation: in ``$JAXLMM_CACHE_DIR`` (set it empty to
-    turn the cache off), else ``$XDG_CACHE_HOME/jaxlmm/xla`` or ``~/.cache/jaxlmm/xla``.  A cache set up
-    through JAX's own ``JAX_COMPILATION_CACHE_DIR`` is left alone."""
+def default_folder() -> str:
+    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxlmm" / "xla")
 
+
+def use_compilation_cache(default: str | None = None) -> None:
+    """Keep compiled kernels between processes (XLA's persistent cache) in ``$JAXLMM_CACHE_DIR``, else in
+    ``default`` (nothing when both are unset or empty).  A cache set up through JAX's own
+    ``JAX_COMPILATION_CACHE_DIR`` is left alone."""
     if jax.config.jax_compilation_cache_dir:
         return
-    folder = os.environ.get("JAXLMM_CACHE_DIR")
-    if folder is None:
-        folder = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxlmm" / "xla")
+    folder = os.environ.get("JAXLMM_CACHE_DIR", default)
     if folder:
         jax.config.update("jax_compilation_cache_dir", folder)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
