@@ -1,16 +1,16 @@
 """jaxlmm: linear mixed-effects models (lme4's lmer) with a JIT-compiled, autodiff profiled deviance.
 
 Importing jaxlmm switches JAX to float64 (``jax_enable_x64``), which lme4 parity needs, and turns on
-JAX's persistent compilation cache when ``JAXLMM_CACHE_DIR`` names a folder (see ``jaxlmm/cache.py``).
+JAX's persistent compilation cache in a user cache folder (``JAXLMM_CACHE_DIR=""`` turns it off).
 """
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from .cache import use_compilation_cache
+from .cache import default_folder, use_compilation_cache
 
-use_compilation_cache()
+use_compilation_cache(default_folder())
 
 from .batch import BatchFit, fit_batch
 from .bootstrap import pbtest

@@ -1,10 +1,5 @@
-"""JAX's persistent compilation cache: on for the ``jaxlmm`` command, opt-in for library use.
-
-jaxlib 0.10 on CPU was seen to crash (segmentation fault) while serialising some executables into the
-cache in long processes that had compiled hundreds of kernels (the full test suite), so a Python
-process turns the cache on only when ``JAXLMM_CACHE_DIR`` names a folder.  The command line, whose
-processes are short and whose cold start matters most, uses the default folder unless told otherwise.
-"""
+"""JAX's persistent compilation cache, on when jaxlmm is imported: ``~/.cache/jaxlmm/xla`` (or under
+``$XDG_CACHE_HOME``), another folder with ``JAXLMM_CACHE_DIR=/path``, off with ``JAXLMM_CACHE_DIR=""``."""
 
 import os
 from pathlib import Path

@@ -23,7 +23,6 @@ import pandas as pd
 
 from . import __version__
 from .bootstrap import PBTest, pbtest
-from .cache import default_folder, use_compilation_cache
 from .compare import anova
 from .errors import DataError, FormulaError, JaxlmmError
 from .model import LinearMixedModel, lmer
@@ -296,7 +295,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "progress", False):
         args.progress = sys.stderr.isatty()
-    use_compilation_cache(default_folder())
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
