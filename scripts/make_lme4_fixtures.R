@@ -6,7 +6,7 @@
 # tests/fixtures/lme4/*.json.  Each model is fitted with lme4's default optimiser and with bobyqa;
 # the fixture keeps the better optimum ("best of lme4's optimisers").
 suppressPackageStartupMessages({
-  library(lme4); library(lmerTest); library(broom.mixed); library(jsonlite)
+  library(lme4); library(lmerTest); library(broom.mixed); library(jsonlite); library(pbkrtest)
 })
 have_performance <- requireNamespace("performance", quietly = TRUE)
 dir.create("tests/fixtures/data", recursive = TRUE, showWarnings = FALSE)
@@ -154,3 +154,13 @@ for (d in list(list(seed, "seed"), list(seed2, "seed2"))) {
   case(paste0(nm, "_lmm3_ml"), "y ~ x + (1 + x | Group)", df, nm, FALSE)
   anova_case(nm, list(lmm1 = l1, lmm2 = l2, lmm3 = l3), nm)
 }
+
+# pbkrtest's parametric bootstrap LRT, for comparing reference distributions
+pb_large <- lme4::lmer(y ~ x + (1 + x | Group), seed2, REML = TRUE)
+pb_small <- lme4::lmer(y ~ x + (1 | Group), seed2, REML = TRUE)
+pb <- PBmodcomp(pb_large, pb_small, nsim = 500, seed = 1)
+pb_ref <- pb$ref; if (is.list(pb_ref)) pb_ref <- pb_ref$ref
+write(toJSON(list(data = "seed2", large = "y ~ x + (1 + x | Group)", small = "y ~ x + (1 | Group)",
+                  lrt = pb$test["LRT", "stat"], p_boot = pb$test["PBtest", "p.value"],
+                  reference = as.numeric(pb_ref)), digits = NA, auto_unbox = TRUE),
+      "tests/fixtures/pbkrtest_seed2.json")

@@ -182,3 +182,23 @@ def test_two_processes_under_jax_distributed_share_and_gather(tmp_path):
 
 def fitted_seed_loglik(formula):
     return jaxlmm.lmer(formula, jaxlmm.load_seed(), reml=False).loglik
+
+
+def test_pbtest_agrees_with_pbkrtest():
+    """PBmodcomp (R, 500 simulations) against pbtest: same statistic, same reference law, same p."""
+    import json
+
+    import scipy.stats
+    from conftest import FIXTURES, load_data
+
+    ref = json.loads((FIXTURES / "pbkrtest_seed2.json").read_text())
+    data = load_data(ref["data"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        large, small = jaxlmm.lmer(ref["large"], data), jaxlmm.lmer(ref["small"], data)
+        res = jaxlmm.pbtest(large, small, nsim=400, seed=11)
+    assert res.lrt >= ref["lrt"] - 1e-6 and res.lrt == pytest.approx(ref["lrt"], rel=1e-3)
+    theirs = np.maximum(np.asarray(ref["reference"]), 0.0)
+    assert scipy.stats.ks_2samp(res.reference, theirs).pvalue > 1e-3
+    p = ref["p_boot"]
+    assert abs(res.p_boot - p) < 4 * np.sqrt(max(p * (1 - p), 0.01) * (1 / 400 + 1 / theirs.size))
