@@ -169,13 +169,19 @@ def factorize(theta: jnp.ndarray, cp: CrossProducts, structure: Structure) -> Fa
     return Factor(logdet, L1, V1, L2, cholesky(S))
 
 
+def logdet_RX(f: Factor) -> jnp.ndarray:
+    """``log|R_X|²`` from the diagonal of the [X y] Schur factor (the REML term)."""
+    p = f.LXY.shape[0] - 1
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(f.LXY)[:p]))
+
+
 def criterion(f: Factor, n: jnp.ndarray, reml: bool) -> jnp.ndarray:
     """-2 log-likelihood (ML) or the REML criterion from the factor (Bates et al. 2015, eqs. 34, 41)."""
     p = f.LXY.shape[0] - 1
     r2 = f.LXY[p, p] ** 2
     if reml:
         nu = n - p
-        return f.logdet_M + 2.0 * jnp.sum(jnp.log(jnp.diagonal(f.LXY)[:p])) + nu * (1.0 + LOG_2PI + jnp.log(r2 / nu))
+        return f.logdet_M + logdet_RX(f) + nu * (1.0 + LOG_2PI + jnp.log(r2 / nu))
     return f.logdet_M + n * (1.0 + LOG_2PI + jnp.log(r2 / n))
 
 
@@ -193,7 +199,7 @@ def varpar_deviance(varpar: jnp.ndarray, cp: CrossProducts, structure: Structure
     nu = cp.n - p if reml else cp.n
     out = f.logdet_M + nu * (LOG_2PI + 2.0 * jnp.log(sigma)) + r2 / sigma**2
     if reml:
-        out = out + 2.0 * jnp.sum(jnp.log(jnp.diagonal(f.LXY)[:p]))
+        out = out + logdet_RX(f)
     return out
 
 
