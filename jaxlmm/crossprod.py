@@ -33,7 +33,7 @@ class CrossProducts(NamedTuple):
     A21_row: jnp.ndarray  # (nnz,) row of Z₂ᵀZ₁ in the rest
     A21_col: jnp.ndarray  # (nnz,) flat column j*q + r in block 1
     A21_val: jnp.ndarray  # (nnz,)
-    pair_out: jnp.ndarray  # (npairs,) flat index a*p₂ + b into Z₂ᵀZ₁ W Z₁ᵀZ₂
+    pair_out: jnp.ndarray  # (npairs,) flat index a*p₂ + b (a <= b) into Z₂ᵀZ₁ W Z₁ᵀZ₂
     pair_w: jnp.ndarray  # (npairs,) flat index j*q*q + r*q + s into W
     pair_val: jnp.ndarray  # (npairs,)
     n: jnp.ndarray  # () number of observations (a float, so masked data sets can batch)
@@ -87,7 +87,7 @@ def crossproducts(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], Z: list
         A2X = np.asarray(Z2.T @ X)
         A21 = (Z2.T @ sparse_Z(codes[0], Z1, G)).tocoo()
         row, col, val = A21.row.astype(np.int64), A21.col.astype(np.int64), A21.data
-        pair_out, pair_w, pair_val = _pairs(row, col, val, q, p2)
+        pair_out, pair_w, pair_val = _pairs(row, col, val, A11, p2)
     else:
         p2 = 0
         A22, A2X = np.zeros((0, 0)), np.zeros((0, p))
@@ -101,19 +101,31 @@ def crossproducts(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], Z: list
     )
 
 
-def _pairs(row, col, val, q, p2):
-    """Index pairs (a, b, j, r, s) with ``A21[a, jq+r] A21[b, jq+s] != 0``, sorted by output a*p₂+b."""
+def _pairs(row, col, val, A11, p2):
+    """The terms of the upper triangle of ``Z₂ᵀZ₁ W Z₁ᵀZ₂`` for block-diagonal W, merged where possible.
+
+    A term is ``A21[a, jq+r] A21[b, jq+s] W[j, r, s]`` with ``a <= b`` (the lower triangle is its mirror).
+    ``Wⱼ = Λ₁Mⱼ⁻¹Λ₁ᵀ`` depends on the level j only through ``A11ⱼ``, so levels with equal ``A11ⱼ`` (all
+    levels of the same size, for a random intercept) share one W, and their terms with the same (a, b, r, s)
+    are summed once here: on InstEval this takes 3.6 million terms down to 1.1 million.  Returns
+    (a*p₂ + b, index of W's entry, coefficient), sorted by the first.
+    """
+    G, q = A11.shape[0], A11.shape[1]
+    _, first, which = np.unique(A11.reshape(G, q * q), axis=0, return_index=True, return_inverse=True)
+    representative = first[which.ravel()]
     level, r = col // q, col % q
     order = np.argsort(level, kind="stable")
     row, level, r, val = row[order], level[order], r[order], val[order]
-    counts = np.bincount(level)
+    counts = np.bincount(level, minlength=G)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rep = counts[level]
     left = np.repeat(np.arange(row.size), rep)
     within = np.arange(rep.sum()) - np.repeat(np.cumsum(rep) - rep, rep)
     right = starts[level[left]] + within
+    upper = row[left] <= row[right]
+    left, right = left[upper], right[upper]
     out = row[left] * p2 + row[right]
-    w = level[left] * q * q + r[left] * q + r[right]
-    pv = val[left] * val[right]
-    order = np.argsort(out, kind="stable")
-    return out[order], w[order], pv[order]
+    w = representative[level[left]] * q * q + r[left] * q + r[right]
+    key, merged = np.unique(out * (G * q * q) + w, return_inverse=True)
+    coef = np.bincount(merged.ravel(), weights=val[left] * val[right], minlength=key.size)
+    return key // (G * q * q), key % (G * q * q), coef
