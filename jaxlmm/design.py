@@ -172,8 +172,9 @@ def factor_levels(values: pd.Series) -> tuple[str, ...]:
 def factor_codes(values: pd.Series, levels: tuple[str, ...]) -> np.ndarray:
     """Integer codes of ``values`` in ``levels``; -1 for a value not among them."""
     lookup = {lev: k for k, lev in enumerate(levels)}
-    labels = [_level_label(v) for v in values.to_numpy(dtype=object)]
-    return np.array([lookup.get(lab, -1) for lab in labels], dtype=np.int64)
+    codes, uniques = pd.factorize(values)  # missing values get -1
+    table = np.array([lookup.get(_level_label(u), -1) for u in uniques] + [-1], dtype=np.int64)
+    return table[codes]
 
 
 # --------------------------------------------------------------------------- model matrices

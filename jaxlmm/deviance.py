@@ -154,7 +154,7 @@ def spd_terms(S: jnp.ndarray, B: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray,
     instead of the transposed Cholesky (three times as much on a dense 1,000² block), and second
     derivatives are matrix products.  Where S⁻¹ is not used (a criterion value) the compiler drops it.
     """
-    L = jnp.linalg.cholesky(S)
+    L = jax.lax.linalg.cholesky(S, symmetrize_input=False)  # S is symmetric by construction
     T = jax.scipy.linalg.solve_triangular(L, B, lower=True)
     S_inv = jax.scipy.linalg.cho_solve((L, True), jnp.eye(S.shape[-1], dtype=S.dtype))
     return S_inv, 2.0 * jnp.sum(jnp.log(jnp.diagonal(L))), T.T @ T
@@ -187,7 +187,8 @@ def factorize(theta: jnp.ndarray, cp: CrossProducts, structure: Structure) -> Fa
     p2 = cp.A22.shape[0]
     if p2:
         W1 = jnp.einsum("gkr,gks->grs", V1, V1)
-        P = jax.ops.segment_sum(cp.pair_val * W1.reshape(-1)[cp.pair_w], cp.pair_out,
+        W1_terms = W1.reshape(-1).at[cp.pair_w].get(mode="promise_in_bounds")
+        P = jax.ops.segment_sum(cp.pair_val * W1_terms, cp.pair_out,
                                 num_segments=p2 * p2, indices_are_sorted=True).reshape(p2, p2)
         C = cp.A22 - (P + P.T - jnp.diag(jnp.diagonal(P)))  # P holds the upper triangle
         if all(b.q == 1 for b in structure.blocks[1:]):  # Λ₂ diagonal: scale rows and columns
@@ -272,5 +273,6 @@ def column_diagonal(structure: Structure) -> np.ndarray:
 
 def canonical_theta(theta: jnp.ndarray, structure: Structure) -> jnp.ndarray:
     """Flip Λ columns with a negative diagonal (the criterion is unchanged) so that θ_ii >= 0."""
+    xp = np if isinstance(theta, np.ndarray) else jnp  # NumPy in, NumPy out (no dispatch for one fit)
     diag = theta[..., column_diagonal(structure)]
-    return jnp.where(diag < 0, -theta, theta)
+    return xp.where(diag < 0, -theta, theta)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from functools import partial
@@ -33,7 +34,7 @@ from .deviance import (
 from .errors import JaxlmmError
 from .formula import parse_formula
 from .modes import conditional_modes, conditional_variances
-from .optimize import OptSummary, bfgs_steps, minimize_theta
+from .optimize import OptSummary, best_scaled_start, bfgs_steps, minimize_theta
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta entries with a zero lower bound
 
@@ -44,21 +45,20 @@ class ConvergenceWarning(UserWarning):
 
 # ---------------------------------------------------------------- compiled kernels (shared by all fits)
 @partial(jax.jit, static_argnames=("structure", "reml"))
-def criterion_value_and_grad(theta, cp: CrossProducts, structure: Structure, reml: bool):
-    return jax.value_and_grad(profiled_deviance)(theta, cp, structure, reml)
-
-
-@partial(jax.jit, static_argnames=("structure", "reml"))
 def criterion_hessian(theta, cp: CrossProducts, structure: Structure, reml: bool):
     return jax.hessian(profiled_deviance)(theta, cp, structure, reml)
 
 
 @partial(jax.jit, static_argnames=("structure", "reml"))
-def criterion_search(theta, inv_hessian, budget, scale, cp: CrossProducts, structure: Structure, reml: bool):
-    """The whole BFGS descent of the criterion in one compiled call: (theta, steps)."""
+def criterion_search(theta, budget, scale, cp: CrossProducts, structure: Structure, reml: bool):
+    """Up to ``budget`` BFGS steps on the criterion from theta (B from a scaled identity), in one compiled
+    call: (theta, steps, criterion, gradient, ½gᵀBg).  With ``budget`` 0 it is the criterion and its
+    gradient at theta, so this one compiled function serves a whole fit.  ``½gᵀBg`` (B the BFGS
+    inverse-Hessian estimate) is what a Newton step could still gain.
+    """
     value_and_grad = jax.value_and_grad(lambda t: profiled_deviance(t, cp, structure, reml))
-    theta, _, _, _, steps, _, _ = bfgs_steps(value_and_grad, theta, inv_hessian, 1.0, budget, scale, gtol=1e-8)
-    return canonical_theta(theta, structure), steps
+    theta, B, _, f, g, steps, _, _ = bfgs_steps(value_and_grad, theta, None, 1.0, budget, scale, gtol=1e-8)
+    return theta, steps, f, g, 0.5 * g @ B @ g
 
 
 @partial(jax.jit, static_argnames=("structure", "reml"))
@@ -74,8 +74,13 @@ def fitted_quantities(theta, cp: CrossProducts, structure: Structure, reml: bool
         "vcov_unscaled": unscaled_vcov(f),
         "ml_deviance": varpar_deviance(jnp.append(theta, sigma), cp, structure, False),
         "modes": conditional_modes(theta, cp, structure, f, beta),
-        "condvar": conditional_variances(theta, cp, structure, f, sigma),
     }
+
+
+@partial(jax.jit, static_argnames=("structure",))
+def random_effect_variances(theta, sigma, cp: CrossProducts, structure: Structure) -> list:
+    """``Var(b | y)`` per block (lme4's condVar), on its own: it costs a dense solve on large models."""
+    return conditional_variances(theta, cp, structure, factorize(theta, cp, structure), sigma)
 
 
 def theta_scale(design: Design) -> np.ndarray:
@@ -121,7 +126,12 @@ class LinearMixedModel:
         self._vcov_unscaled = np.asarray(q["vcov_unscaled"])
         self._ml_deviance = float(q["ml_deviance"])
         self._modes = [np.asarray(m) for m in q["modes"]]
-        self._condvar = [np.asarray(v) for v in q["condvar"]]
+
+    @functools.cached_property
+    def condvar(self) -> list[np.ndarray]:
+        """``Var(b | y)`` per grouping factor, (levels, q, q) each; computed on first use."""
+        v = random_effect_variances(jnp.asarray(self.theta), self._sigma, self.cp, self.design.structure)
+        return [np.asarray(x) for x in v]
 
     # ----------------------------------------------------------- basic accessors
     @property
@@ -339,21 +349,22 @@ def fit_design(design: Design, reml: bool = True, cp: CrossProducts | None = Non
     if cp is None:
         cp = crossproducts(design.y, design.X, design.codes, design.Z, structure)
 
+    scale = theta_scale(design)
+    scale_arg = jnp.asarray(scale)
+
     def value_and_grad(theta):
-        f, g = criterion_value_and_grad(jnp.asarray(theta), cp, structure, reml)
+        _, _, f, g, _ = criterion_search(jnp.asarray(theta), 0, scale_arg, cp, structure, reml)
         return float(f), np.asarray(g)
 
-    def hessian(theta):
-        return np.asarray(criterion_hessian(jnp.asarray(theta), cp, structure, reml))
+    def search(theta, budget):
+        theta, steps, _, _, estimate = criterion_search(jnp.asarray(theta), budget, scale_arg, cp, structure, reml)
+        return canonical_theta(np.asarray(theta), structure), int(steps), float(estimate)
 
-    def search(theta, inv_hessian, budget):
-        out = criterion_search(jnp.asarray(theta), jnp.asarray(inv_hessian), budget, jnp.asarray(scale), cp,
-                               structure, reml)
-        return np.asarray(out[0]), int(out[1])
+    def criteria(thetas):
+        return np.array([value_and_grad(t)[0] for t in thetas])
 
-    scale = theta_scale(design)
-    opt = minimize_theta(value_and_grad, hessian, search, theta_start(structure) * scale, structure.lower, scale,
-                         max_iter=max_iter)
+    start = best_scaled_start(criteria, theta_start(structure) * scale)
+    opt = minimize_theta(value_and_grad, search, start, structure.lower, scale, max_iter=max_iter)
     if not opt.converged:
         warnings.warn(f"Model failed to converge: {opt.message}", ConvergenceWarning, stacklevel=3)
     return LinearMixedModel(design, cp, reml, opt)

@@ -1,11 +1,13 @@
 """Minimise the profiled criterion over theta with autodiff derivatives (lme4's ``optimizeLmer``).
 
 Two stages: BFGS with exact gradients, compiled whole (one call per fit), unconstrained because the
-criterion is even in each column of Λ; then a projected Newton polish with the exact Hessian on the free
-coordinates, which lands on the optimum to ~1e-10 in the criterion, also on the boundary where
-derivative-free optimisers often stop short.  Saddles on the boundary are escaped, and L-BFGS-B is the
-fallback.  The optimiser
-knows nothing about formulas: it sees a function of theta, its derivatives and the bounds.
+criterion is even in each column of Λ; then, where the descent ends on or near a bound or short of the
+optimum, a projected Newton polish on the free coordinates, which lands on the optimum to ~1e-10 in the
+criterion, also on the boundary where derivative-free optimisers often stop short.  Saddles on the
+boundary are escaped, and L-BFGS-B is the fallback.  The optimiser knows nothing about formulas: it sees a
+function of theta with its gradient, and the bounds.  Its Hessian is the central difference of the exact
+gradient (2 × len(theta) gradients): one compiled function serves a whole fit, which keeps a first fit's
+compile time short, and on large models it costs less than a second-order autodiff pass.
 
 theta is optimised in scaled coordinates ``phi = theta / scale`` (``scale`` from the size of the
 random-effects columns), because slopes of covariates measured in large units have tiny theta.
@@ -22,6 +24,9 @@ import numpy as np
 import scipy.optimize
 
 BIG = 1e100  # stands in for a criterion that is not finite
+SNAP_TOL = 1e-7  # entries this close to their bound (in scaled units) are tried on it
+POLISH_GAIN = 1e-13  # the Newton polish stops when a step would gain less than this × (1 + |f|)
+DECREMENT_TOL = 1e-8  # converged when a Newton step could gain at most this
 
 
 @dataclass
@@ -35,7 +40,7 @@ class OptSummary:
     converged: bool
     message: str
     projected_gradient: float
-    optimizer: str = "BFGS + projected Newton (autodiff)"
+    optimizer: str = "BFGS + projected Newton (autodiff gradient)"
 
 
 def projected_gradient(theta: np.ndarray, grad: np.ndarray, lower: np.ndarray) -> np.ndarray:
@@ -46,8 +51,7 @@ def projected_gradient(theta: np.ndarray, grad: np.ndarray, lower: np.ndarray) -
 
 def minimize_theta(
     value_and_grad: Callable[[np.ndarray], tuple[float, np.ndarray]],
-    hessian: Callable[[np.ndarray], np.ndarray],
-    search: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, int]],
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, int, float]],
     theta0: np.ndarray,
     lower: np.ndarray,
     scale: np.ndarray,
@@ -57,29 +61,47 @@ def minimize_theta(
 ) -> OptSummary:
     """Minimise f(theta) subject to theta >= lower, from theta0.
 
-    ``search(theta, inverse_hessian, budget)`` runs the whole unconstrained descent in one compiled call
-    (BFGS, :func:`bfgs_steps`) and returns (theta, steps) with theta's Λ columns flipped to θ_ii >= 0:
-    the criterion is even in each column, so the bounds need no other care there.  A projected Newton
-    polish with the exact Hessian then lands on the optimum, on the bound where it is there.  Should the
-    descent fail, L-BFGS-B (scipy, with the bounds) is the fallback.  Converged means
-    max |projected gradient| <= gtol in the scaled coordinates; ``max_iter`` bounds the steps of each
-    stage (descent, L-BFGS-B, Newton).
+    ``search(theta, budget)`` runs the whole unconstrained descent in one compiled call (BFGS from a
+    scaled identity, :func:`bfgs_steps`) and returns (theta, steps, ½gᵀBg) with theta's Λ columns flipped
+    to θ_ii >= 0: the criterion is even in each column, so the bounds need no other care there.  A
+    projected Newton polish then lands on the optimum, on the bound where it is there.  The polish is
+    skipped when the descent ended clear of the bounds and BFGS's own curvature estimate says a Newton
+    step would gain less than the polish's stopping threshold.  Should the descent fail, L-BFGS-B
+    (scipy, with the bounds) is the fallback.
+
+    Converged means max |projected gradient| <= gtol in the scaled coordinates, or a Newton decrement
+    ``½gᵀH⁻¹g`` <= 1e-8 on the free coordinates (H by differences, or BFGS's estimate where the polish
+    was skipped): for a criterion of size 1e5 the gradient cannot get below ~1e-4 in floating point even
+    at the optimum.  ``max_iter`` bounds the steps of each stage (descent, L-BFGS-B, Newton).
     """
     n_evals = 0
     max_newton = min(50, max_iter)
-    hessian = _remember_last(hessian)
+    hessian = _remember_last(lambda theta: difference_hessian(value_and_grad, theta, scale))
 
     def descend(start):
+        """(theta, f, g, Newton steps, BFGS's decrement estimate where the polish was skipped else None)."""
         nonlocal n_evals
-        theta, steps = search(start, positive_inverse(hessian(start)), max_iter)
+        theta, steps, estimate = search(start, max_iter)
         n_evals += steps
         theta = np.maximum(theta, lower)
         f, g = value_and_grad(theta)
         if not (np.isfinite(f) and np.all(np.isfinite(g))):
-            theta = lbfgsb(start)
+            theta, estimate = lbfgsb(start), np.inf
             f, g = value_and_grad(theta)
+        if np.all(theta - lower > SNAP_TOL * scale) and estimate <= POLISH_GAIN * (1.0 + abs(f)):
+            return theta, f, g, 0, estimate
         theta, f, g = _snap_to_bounds(value_and_grad, theta, f, g, lower, scale)
-        return _newton_polish(value_and_grad, hessian, theta, f, g, lower, max_newton)
+        return (*_newton_polish(value_and_grad, hessian, theta, f, g, lower, max_newton), None)
+
+    def optimal(theta, g, estimate) -> bool:
+        if projected_scaled_gradient(theta, g) <= gtol:
+            return True
+        if estimate is not None:
+            return estimate <= DECREMENT_TOL
+        return newton_decrement(hessian, theta, g, lower) <= DECREMENT_TOL
+
+    def projected_scaled_gradient(theta, g) -> float:
+        return float(np.max(np.abs(projected_gradient(theta, g, lower) * scale), initial=0.0))
 
     def fg_phi(phi):
         nonlocal n_evals
@@ -97,33 +119,46 @@ def minimize_theta(
         )
         return np.maximum(res.x * scale, lower)
 
-    theta, f, g, n_newton = descend(theta0)
+    theta, f, g, n_newton, estimate = descend(theta0)
     for _ in range(max_escapes):
         escape = _escape_saddle(value_and_grad, hessian, theta, f, lower, scale)
         if escape is None:
             break
-        theta2, f2, g2, k = descend(escape)
+        theta2, f2, g2, k, estimate2 = descend(escape)
         n_newton += k
         if not f2 < f:
             break
-        theta, f, g = theta2, f2, g2
-    pg = float(np.max(np.abs(projected_gradient(theta, g, lower) * scale), initial=0.0))
-    if not pg <= gtol:  # last resort: the bounded quasi-Newton method from the start
+        theta, f, g, estimate = theta2, f2, g2, estimate2
+    if not optimal(theta, g, estimate):  # last resort: the bounded quasi-Newton method from the start
         theta2 = lbfgsb(theta0)
         f2, g2 = value_and_grad(theta2)
         theta2, f2, g2, k = _newton_polish(value_and_grad, hessian, theta2, f2, g2, lower, max_newton)
         n_newton += k
         if f2 < f:
-            theta, f, g = theta2, f2, g2
-            pg = float(np.max(np.abs(projected_gradient(theta, g, lower) * scale), initial=0.0))
-    converged = bool(np.isfinite(f)) and (pg <= gtol or newton_decrement(hessian, theta, g, lower) <= 1e-8)
+            theta, f, g, estimate = theta2, f2, g2, None
+    pg = projected_scaled_gradient(theta, g)
+    converged = bool(np.isfinite(f)) and optimal(theta, g, estimate)
     message = "converged" if converged else f"not converged: max|projected gradient| = {pg:.3g}"
     return OptSummary(theta, float(f), n_evals, n_newton, converged, message, pg)
 
 
+def difference_hessian(value_and_grad, theta: np.ndarray, scale: np.ndarray, step: float = 1e-4) -> np.ndarray:
+    """The Hessian by central differences of the exact gradient, steps ``step × scale``, symmetrised.
+
+    Its error, O(step²) relative, is far below what the Newton steps and the convergence test need.
+    """
+    columns = []
+    for i, h in enumerate(step * scale):
+        e = np.zeros_like(theta)
+        e[i] = h
+        columns.append((value_and_grad(theta + e)[1] - value_and_grad(theta - e)[1]) / (2.0 * h))
+    H = np.stack(columns, axis=1)
+    return 0.5 * (H + H.T)
+
+
 def _remember_last(hessian):
     """``hessian`` that returns its last result again when asked at the same theta (the polish and the
-    convergence test often ask twice; on large models one Hessian costs seconds)."""
+    convergence test often ask twice; on large models one Hessian costs a second)."""
     last = {}
 
     def cached(theta):
@@ -136,7 +171,19 @@ def _remember_last(hessian):
     return cached
 
 
-def _snap_to_bounds(value_and_grad, theta, f, g, lower, scale, tol: float = 1e-7):
+def best_scaled_start(criteria: Callable[[np.ndarray], np.ndarray], theta0: np.ndarray,
+                      factors: tuple[float, ...] = (2.0, 1.0, 0.5, 0.25, 0.125)) -> np.ndarray:
+    """``c · theta0`` for the factor c with the lowest criterion (``criteria`` evaluates rows of thetas).
+
+    lme4 starts at Λ = I (theta0); the relative scale of the random effects is often far from 1, and a
+    descent from a start of the right overall size takes about half as many steps on large models.
+    """
+    values = criteria(np.outer(factors, theta0))
+    values = np.where(np.isfinite(values), values, np.inf)
+    return theta0 * factors[int(np.argmin(values))] if np.isfinite(values).any() else theta0
+
+
+def _snap_to_bounds(value_and_grad, theta, f, g, lower, scale, tol: float = SNAP_TOL):
     """Put entries within ``tol`` × scale of their bound on it, when that does not raise the criterion.
 
     The unconstrained descent approaches a boundary optimum (a variance of 0) only asymptotically.
@@ -208,7 +255,7 @@ def _newton_polish(value_and_grad, hessian, theta, f, g, lower, max_iter):
         else:  # not positive definite: a regularised (Levenberg) step
             shift = abs(min(evals.min(), 0.0)) + 1e-6 * max(1.0, np.abs(evals).max())
             step[free] = -evecs @ ((evecs.T @ gf) / (evals + shift))
-        if -0.5 * (gf @ step[free]) < 1e-13 * (1.0 + abs(f)):  # nothing left to gain at this precision
+        if -0.5 * (gf @ step[free]) < POLISH_GAIN * (1.0 + abs(f)):  # nothing left to gain at this precision
             break
         improved = False
         t = 1.0
@@ -239,16 +286,20 @@ def bfgs_steps(value_and_grad, theta, inv_hessian, step_length, budget, scale, g
     Each step costs one criterion-and-gradient evaluation: ``d = −B g``, Armijo backtracking (a rejected
     trial quarters the step and counts as a step), then the BFGS update of ``B`` (Nocedal & Wright 2006,
     eq. 6.17).  Started from a good Hessian (for refits, the fitted model's, which every replicate of
-    the same design shares closely) it converges in about as many steps as Newton's method.  Returns theta, B, the step length, the criterion, the steps taken, done, and whether the scaled
-    gradient is small (the state carries over between calls).
+    the same design shares closely) it converges in about as many steps as Newton's method.  With
+    ``inv_hessian=None`` it starts from ``B = γ diag(scale²)``, γ making the first step half the size of
+    theta, and replaces B by ``(sᵀy / yᵀy) diag(scale²)`` before the first update (ibid., eq. 6.20).
+    Returns theta, B, the step length, the criterion, its gradient, the steps taken, done, and whether
+    the scaled gradient is small (the state carries over between calls).
     """
     eye = jnp.eye(theta.shape[0])
+    guess = inv_hessian is None
 
     def small_gradient(g):
         return jnp.max(jnp.abs(g * scale)) < gtol
 
     def step(state):
-        theta, f, g, B, t, it, done = state
+        theta, f, g, B, t, it, fresh, done = state
         d = -B @ g
         descent = g @ d < 0
         d = jnp.where(descent, d, -g * scale**2)  # fall back to scaled steepest descent
@@ -258,16 +309,24 @@ def bfgs_steps(value_and_grad, theta, inv_hessian, step_length, budget, scale, g
         accept = jnp.isfinite(ft) & jnp.all(jnp.isfinite(gt)) & (ft <= f + 1e-4 * t * slope)
         s, y = trial - theta, gt - g
         sy = s @ y
+        curved = accept & (sy > 1e-14)
+        if guess:
+            B = jnp.where(curved & fresh, sy / (y @ y) * jnp.diag(scale**2), B)
+            fresh = fresh & ~curved
         rho = 1.0 / jnp.where(sy > 1e-14, sy, 1.0)
         updated = (eye - rho * jnp.outer(s, y)) @ B @ (eye - rho * jnp.outer(y, s)) + rho * jnp.outer(s, s)
-        B = jnp.where(accept & (sy > 1e-14), updated, B)
+        B = jnp.where(curved, updated, B)
         small_change = accept & (jnp.abs(ft - f) <= 1e-12 * (1.0 + jnp.abs(f)))
         theta, f, g = jnp.where(accept, trial, theta), jnp.where(accept, ft, f), jnp.where(accept, gt, g)
         t = jnp.where(accept, 1.0, t * 0.25)
         done = small_gradient(g) | small_change | (t < 1e-10)
-        return theta, f, g, B, t, it + 1, done
+        return theta, f, g, B, t, it + 1, fresh, done
 
     f0, g0 = value_and_grad(theta)
-    init = (theta, f0, g0, inv_hessian, step_length, jnp.asarray(0), small_gradient(g0) | ~jnp.isfinite(f0))
-    theta, f, g, B, t, it, done = jax.lax.while_loop(lambda s: (~s[-1]) & (s[-2] < budget), step, init)
-    return theta, B, t, f, it, done, jnp.isfinite(f) & (jnp.max(jnp.abs(g * scale)) < 1e-3)
+    if guess:
+        size = jnp.maximum(jnp.max(jnp.abs(theta / scale)), 0.1)
+        inv_hessian = 0.5 * size / jnp.maximum(jnp.max(jnp.abs(g0 * scale)), 1e-300) * jnp.diag(scale**2)
+    init = (theta, f0, g0, inv_hessian, step_length, jnp.asarray(0), jnp.asarray(guess),
+            small_gradient(g0) | ~jnp.isfinite(f0))
+    theta, f, g, B, t, it, _, done = jax.lax.while_loop(lambda s: (~s[-1]) & (s[-3] < budget), step, init)
+    return theta, B, t, f, g, it, done, jnp.isfinite(f) & (jnp.max(jnp.abs(g * scale)) < 1e-3)

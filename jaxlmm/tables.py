@@ -60,7 +60,7 @@ def ranef(model) -> pd.DataFrame:
     frames = []
     for k, name in enumerate(d.group_names):
         cols = [c for t in d.terms if t.block == k for c in t.columns]
-        modes, sds = model._modes[k], np.sqrt(np.diagonal(model._condvar[k], axis1=1, axis2=2))
+        modes, sds = model._modes[k], np.sqrt(np.diagonal(model.condvar[k], axis1=1, axis2=2))
         for j, c in enumerate(cols):
             frames.append(pd.DataFrame({"grpvar": name, "term": c, "grp": list(d.group_levels[k]),
                                         "condval": modes[:, j], "condsd": sds[:, j]}))
