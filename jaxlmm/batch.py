@@ -33,7 +33,8 @@ def _bfgs_lanes(theta, inv_hessian, step_length, budget, scale, cp: CrossProduct
                 reml: bool, cp_axes: CrossProducts):
     def lane(t, b, s, sc, c):
         value_and_grad = jax.value_and_grad(lambda u: profiled_deviance(u, c, structure, reml))
-        return bfgs_steps(value_and_grad, t, b, s, budget, sc)
+        theta, B, step_length, f, _, steps, done, small = bfgs_steps(value_and_grad, t, b, s, budget, sc)
+        return theta, B, step_length, f, steps, done, small
 
     return jax.vmap(lane, in_axes=(0, 0, 0, 0, cp_axes))(theta, inv_hessian, step_length, scale, cp)
 
@@ -64,6 +65,21 @@ def hessian_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool):
     return jax.vmap(one)(theta, cp)
 
 
+LANE_MEMORY = 1 << 30  # bytes of working arrays one compiled call of lanes may use per device
+
+
+def default_chunk_size(structure: Structure, p: int) -> int:
+    """Lanes per compiled call: 1,000 per CPU device, 16,384 per accelerator (which needs wide calls to
+    be busy), fewer where the per-lane arrays (about ten copies of the dense Schur block and the per-level
+    blocks) would pass ``LANE_MEMORY``."""
+    b1 = structure.blocks[0]
+    p2 = sum(b.n_levels * b.q for b in structure.blocks[1:])
+    lane_bytes = 8 * 10 * (p2 * p2 + p2 * (p + 1) + b1.n_levels * b1.q * (b1.q + p + 1) + (p + 1) ** 2)
+    devices = jax.local_devices()
+    per_device = 1000 if devices[0].platform == "cpu" else 16384
+    return len(devices) * max(1, min(per_device, LANE_MEMORY // lane_bytes))
+
+
 def lane_placement(cp_axes: CrossProducts):
     """A function placing lane arrays (and the batched cross-products) split over all local devices
     along the lane axis, with unbatched arrays replicated; plain arrays on a single device."""
@@ -84,11 +100,12 @@ def lane_placement(cp_axes: CrossProducts):
 
 
 def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.ndarray, structure: Structure,
-              reml: bool, cp_axes: CrossProducts, chunk_size: int = 1000, budget: int = 10, max_iter: int = 300,
+              reml: bool, cp_axes: CrossProducts, chunk_size: int | None = None, budget: int = 10, max_iter: int = 300,
               progress: bool | None = None):
     """Run BFGS lanes to completion; ``lane_cp(indices)`` gives the cross-products of those lanes.
 
-    Lanes are scheduled in calls of ``chunk_size`` (one compiled shape): each call gives every lane up to
+    Lanes are scheduled in calls of ``chunk_size`` (one compiled shape; :func:`default_chunk_size` when
+    None): each call gives every lane up to
     ``budget`` BFGS steps; lanes that are not done return to the pool and fill the next call first, so
     no call waits on a few slow lanes.  In a batch of at least four calls, the last stragglers run in
     calls of an eighth of the size (a second compiled shape).  A lane still not done after ``max_iter`` steps is a failure.
@@ -105,6 +122,8 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
     ok = np.zeros(B, dtype=bool)
     crit = np.full(B, np.nan)
     n_dev = jax.local_device_count()
+    if chunk_size is None:
+        chunk_size = default_chunk_size(structure, lane_cp(np.zeros(1, dtype=np.int64)).AXX.shape[-1])
     size = -(-min(chunk_size, B) // n_dev) * n_dev  # a multiple of the device count
     # the last few slow lanes of a large batch run in a smaller call instead of a padded full one
     tail = -(-max(1, size // 8) // n_dev) * n_dev if B >= 4 * size else size
@@ -193,7 +212,7 @@ class BatchFit:
         return out
 
 
-def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: int = 1000,
+def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: int | None = None,
                   progress: bool | None = None) -> BatchFit:
     """Fit ``model``'s formula to each column of ``Y`` (n, B), warm-started at the model's theta."""
     from .errors import DataError
@@ -217,7 +236,7 @@ def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: in
     return fit_products(model, products, reml, chunk_size, progress=progress)
 
 
-def fit_products(model, products: dict[str, np.ndarray], reml: bool | None = None, chunk_size: int = 1000,
+def fit_products(model, products: dict[str, np.ndarray], reml: bool | None = None, chunk_size: int | None = None,
                  progress: bool | None = None) -> BatchFit:
     """Fit B responses given by their cross-products with the design (``Y_FIELDS``, batch axis first),
     each lane warm-started at the model's theta with the model's Hessian."""
@@ -239,7 +258,7 @@ def fit_products(model, products: dict[str, np.ndarray], reml: bool | None = Non
 
 
 def fit_batch(formula: str, data: pd.DataFrame | None = None, responses: np.ndarray | None = None,
-              datasets: list[pd.DataFrame] | None = None, reml: bool = True, chunk_size: int = 1000,
+              datasets: list[pd.DataFrame] | None = None, reml: bool = True, chunk_size: int | None = None,
               progress: bool | None = None) -> BatchFit:
     """Many fits of one formula in compiled, vmapped calls.
 
@@ -247,6 +266,8 @@ def fit_batch(formula: str, data: pd.DataFrame | None = None, responses: np.ndar
       ``data``'s design; the model fitted to ``data``'s own response warm-starts every lane.
     * ``fit_batch(f, datasets=[df1, ..., dfB])``: B data sets of any sizes and group counts, padded into a
       few shape buckets (:mod:`jaxlmm.buckets`).  Each data set's theta is in its own lme4 order.
+
+    ``chunk_size`` is the number of lanes per compiled call (default :func:`default_chunk_size`).
     """
     from .errors import DataError
     from .model import lmer

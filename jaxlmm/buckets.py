@@ -67,7 +67,7 @@ def pad_crossproducts(cp: CrossProducts, structure: Structure, target: Structure
     )
 
 
-def fit_datasets(formula: str, datasets: list[pd.DataFrame], reml: bool = True, chunk_size: int = 1000,
+def fit_datasets(formula: str, datasets: list[pd.DataFrame], reml: bool = True, chunk_size: int | None = None,
                  progress: bool | None = None) -> BatchFit:
     """Fit ``formula`` to each data set; results in input order (``BatchFit``, replicate = data set)."""
     if not datasets:
