@@ -126,6 +126,18 @@ def _pairs(row, col, val, A11, p2):
     left, right = left[upper], right[upper]
     out = row[left] * p2 + row[right]
     w = representative[level[left]] * q * q + r[left] * q + r[right]
-    key, merged = np.unique(out * (G * q * q) + w, return_inverse=True)
-    coef = np.bincount(merged.ravel(), weights=val[left] * val[right], minlength=key.size)
+    key = out * (G * q * q) + w
+    order = _argsort(key)
+    key, coef = key[order], (val[left] * val[right])[order]
+    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    key, coef = key[first], np.add.reduceat(coef, first)
     return key // (G * q * q), key % (G * q * q), coef
+
+
+def _argsort(key: np.ndarray) -> np.ndarray:
+    """``np.argsort(key)`` for non-negative int64 keys, through a plain sort of ``key << b | position``
+    where that fits in 63 bits (NumPy's vectorised sort is about ten times faster than its argsort)."""
+    b = max(1, int(key.size - 1).bit_length())
+    if key.size == 0 or int(key.max()).bit_length() + b > 63:
+        return np.argsort(key)
+    return np.sort((key << b) | np.arange(key.size)) & ((1 << b) - 1)

@@ -271,8 +271,12 @@ def column_diagonal(structure: Structure) -> np.ndarray:
     return out
 
 
+def column_signs(theta: jnp.ndarray, structure: Structure) -> jnp.ndarray:
+    """−1 for the theta entries in a Λ column with a negative diagonal, else 1.  The criterion is even in
+    each column, so ``signs · theta`` has the same criterion and gradient ``signs · g``."""
+    return jnp.where(theta[..., column_diagonal(structure)] < 0, -1.0, 1.0)
+
+
 def canonical_theta(theta: jnp.ndarray, structure: Structure) -> jnp.ndarray:
     """Flip Λ columns with a negative diagonal (the criterion is unchanged) so that θ_ii >= 0."""
-    xp = np if isinstance(theta, np.ndarray) else jnp  # NumPy in, NumPy out (no dispatch for one fit)
-    diag = theta[..., column_diagonal(structure)]
-    return xp.where(diag < 0, -theta, theta)
+    return column_signs(theta, structure) * theta
