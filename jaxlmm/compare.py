@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import scipy.stats
+import scipy.special
 
 from .errors import ModelComparisonError
 
@@ -66,7 +66,7 @@ def anova(*models, names: list[str] | None = None, nsim: int = 0, seed: int | No
     chisq = np.concatenate([[np.nan], 2 * np.maximum(0.0, np.diff(loglik))])
     df = np.concatenate([[np.nan], np.diff(npar)])
     with np.errstate(invalid="ignore"):
-        p = np.where(df > 0, scipy.stats.chi2.sf(chisq, np.where(df > 0, df, 1)), np.nan)
+        p = np.where(df > 0, scipy.special.chdtrc(np.where(df > 0, df, 1), chisq), np.nan)
     p[0] = np.nan
     table = pd.DataFrame(
         {"npar": npar.astype(int), "AIC": [m.aic for m in fits], "BIC": [m.bic for m in fits], "logLik": loglik,

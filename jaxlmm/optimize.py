@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
 
 BIG = 1e100  # stands in for a criterion that is not finite
 SNAP_TOL = 1e-7  # entries this close to their bound (in scaled units) are tried on it
@@ -115,6 +114,8 @@ def minimize_theta(
         return f, g * scale
 
     def lbfgsb(start):
+        import scipy.optimize  # only on this fallback path (it takes a fifth of a second to import)
+
         bounds = [(lo / s if np.isfinite(lo) else None, None) for lo, s in zip(lower, scale)]
         res = scipy.optimize.minimize(
             fg_phi, start / scale, jac=True, method="L-BFGS-B", bounds=bounds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.stats
+import scipy.special
 
 from .inference import satterthwaite_df
 
@@ -19,7 +19,7 @@ def coef_table(model) -> pd.DataFrame:
     t = est / se
     df = np.asarray(df)
     return pd.DataFrame(
-        {"Estimate": est, "Std. Error": se, "df": df, "t value": t, "Pr(>|t|)": 2 * scipy.stats.t.sf(np.abs(t), df)},
+        {"Estimate": est, "Std. Error": se, "df": df, "t value": t, "Pr(>|t|)": 2 * scipy.special.stdtr(df, -np.abs(t))},
         index=model.design.fixef_names,
     )
 
