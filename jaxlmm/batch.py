@@ -29,14 +29,14 @@ CP_AXES = CrossProducts(*(0 if f in Y_FIELDS else None for f in CrossProducts._f
 
 
 @partial(jax.jit, static_argnames=("structure", "reml", "cp_axes"))
-def _bfgs_lanes(theta, inv_hessian, step_length, budget, scale, cp: CrossProducts, structure: Structure,
+def _bfgs_lanes(theta, f, g, inv_hessian, step_length, budget, scale, cp: CrossProducts, structure: Structure,
                 reml: bool, cp_axes: CrossProducts):
-    def lane(t, b, s, sc, c):
+    def lane(t, f, g, b, s, sc, c):
         value_and_grad = jax.value_and_grad(lambda u: profiled_deviance(u, c, structure, reml))
-        theta, B, step_length, f, _, steps, done, small = bfgs_steps(value_and_grad, t, b, s, budget, sc)
-        return theta, B, step_length, f, steps, done, small
+        theta, B, step_length, f, g, steps, done, small = bfgs_steps(value_and_grad, t, f, g, b, s, budget, sc)
+        return theta, f, g, B, step_length, steps, done, small
 
-    return jax.vmap(lane, in_axes=(0, 0, 0, 0, cp_axes))(theta, inv_hessian, step_length, scale, cp)
+    return jax.vmap(lane, in_axes=(0, 0, 0, 0, 0, 0, cp_axes))(theta, f, g, inv_hessian, step_length, scale, cp)
 
 
 def start_inverse_hessian(model, theta: np.ndarray, reml: bool) -> np.ndarray:
@@ -120,7 +120,7 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
     steps = np.zeros(B, dtype=np.int64)
     done = np.zeros(B, dtype=bool)
     ok = np.zeros(B, dtype=bool)
-    crit = np.full(B, np.nan)
+    crit, grad = np.full(B, np.inf), np.zeros_like(theta)  # inf: not evaluated yet
     n_dev = jax.local_device_count()
     if chunk_size is None:
         chunk_size = default_chunk_size(structure, lane_cp(np.zeros(1, dtype=np.int64)).AXX.shape[-1])
@@ -137,11 +137,12 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
         width = tail if todo.size <= tail else size
         lanes = todo[np.argsort(steps[todo] == 0, kind="stable")][:width]  # started lanes first
         padded = pad(lanes, width)
-        lane_args, cp = place((theta[padded], inv_hessian[padded], step_length[padded], scale[padded]),
-                              lane_cp(padded))
-        out = jax.device_get(_bfgs_lanes(*lane_args[:3], budget, lane_args[3], cp, structure, reml, cp_axes))
-        th, bi, sl, f, it, dn, good = (np.asarray(a)[: lanes.size] for a in out)
-        theta[lanes], inv_hessian[lanes], step_length[lanes], crit[lanes], ok[lanes] = th, bi, sl, f, good
+        lane_args, cp = place((theta[padded], crit[padded], grad[padded], inv_hessian[padded], step_length[padded],
+                               scale[padded]), lane_cp(padded))
+        out = jax.device_get(_bfgs_lanes(*lane_args[:5], budget, lane_args[5], cp, structure, reml, cp_axes))
+        th, f, g, bi, sl, it, dn, good = (np.asarray(a)[: lanes.size] for a in out)
+        theta[lanes], crit[lanes], grad[lanes], inv_hessian[lanes], step_length[lanes] = th, f, g, bi, sl
+        ok[lanes] = good
         steps[lanes] += it
         finished = dn | (steps[lanes] >= max_iter)
         done[lanes] = finished
@@ -158,7 +159,7 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
             _estimates_lanes(th0, cp, structure, reml, cp_axes)))
         beta = np.zeros((B, be.shape[1])) if beta is None else beta
         theta[lanes], beta[lanes], sigma[lanes] = th, be, si
-    return theta, beta, sigma, crit, ok & (steps < max_iter), steps
+    return theta, beta, sigma, np.where(np.isfinite(crit), crit, np.nan), ok & (steps < max_iter), steps
 
 
 def warm_start(theta: np.ndarray, structure: Structure, scale: np.ndarray, floor: float = 0.1) -> np.ndarray:

@@ -54,15 +54,16 @@ def criterion_search(theta, budget, rescale, scale, precondition, cp: CrossProdu
                      reml: bool):
     """Up to ``budget`` BFGS steps on the criterion (B from ``diag(precondition)``), from theta or, with
     ``rescale``, from its best rescaling (:func:`~jaxlmm.optimize.best_scaled`), in one compiled call:
-    (theta, criterion, gradient, steps, ½gᵀBg, column signs).  With ``budget`` 0 and no rescaling it is
-    the criterion and its gradient at theta, so this one compiled function serves a whole fit.  ``½gᵀBg``
+    (theta, criterion, gradient, steps, ½gᵀBg, column signs).  With ``budget`` 1 and no rescaling it is
+    the criterion and its gradient at theta (inf and 0 where not finite), so this one compiled function
+    serves a whole fit.  ``½gᵀBg``
     (B the BFGS inverse-Hessian estimate) is what a Newton step could still gain; ``signs · theta`` is
     the canonical theta (θ_ii >= 0, :func:`~jaxlmm.deviance.column_signs`) with gradient ``signs · g``.
     """
     criterion = partial(profiled_deviance, cp=cp, structure=structure, reml=reml)
     theta = jax.lax.cond(rescale, partial(best_scaled, criterion), lambda t: t, theta)
-    theta, B, _, f, g, steps, _, _ = bfgs_steps(jax.value_and_grad(criterion), theta, precondition, 1.0, budget,
-                                                scale, gtol=1e-8)
+    theta, B, _, f, g, steps, _, _ = bfgs_steps(jax.value_and_grad(criterion), theta, jnp.inf,
+                                                jnp.zeros_like(theta), precondition, 1.0, budget, scale, gtol=1e-8)
     return theta, f, g, steps, 0.5 * g @ B @ g, column_signs(theta, structure)
 
 
@@ -371,7 +372,7 @@ def fit_design(design: Design, reml: bool = True, cp: CrossProducts | None = Non
     scales = jnp.asarray(scale), jnp.asarray(theta_precondition(design, scale))
 
     def value_and_grad(theta):
-        _, f, g, _, _, _ = criterion_search(jnp.asarray(theta), 0, False, *scales, cp, structure, reml)
+        _, f, g, _, _, _ = criterion_search(jnp.asarray(theta), 1, False, *scales, cp, structure, reml)
         return float(f), np.asarray(g)
 
     def search(theta, budget, rescale):

@@ -284,15 +284,17 @@ def positive_inverse(H: np.ndarray) -> np.ndarray:
     return (V / e[..., None, :]) @ np.swapaxes(V, -1, -2)
 
 
-def bfgs_steps(value_and_grad, theta, inv_hessian, step_length, budget, scale, gtol: float = 1e-6):
+def bfgs_steps(value_and_grad, theta, f, g, inv_hessian, step_length, budget, scale, gtol: float = 1e-6):
     """Up to ``budget`` BFGS steps minimising ``value_and_grad``'s function, pure JAX (jit/vmap this).
 
     Each step costs one criterion-and-gradient evaluation: ``d = −B g``, Armijo backtracking (a rejected
     trial quarters the step and counts as a step), then the BFGS update of ``B`` (Nocedal & Wright 2006,
-    eq. 6.17).  Started from a good Hessian (for refits, the fitted model's, which every replicate of
-    the same design shares closely) it converges in about as many steps as Newton's method.  Given a
-    vector ``v`` as ``inv_hessian`` (a guess of the inverse Hessian's diagonal, up to a factor) it starts
-    from ``B = γ diag(v)``, γ making the first step half the size of theta, and replaces B by
+    eq. 6.17).  ``f = inf`` (with ``g = 0``) means theta is not evaluated yet: the first step evaluates it
+    (so the criterion appears once in the compiled loop, and a batch lane carries f and g between calls).
+    Started from a good Hessian (for refits, the fitted model's, which every replicate of the same design
+    shares closely) it converges in about as many steps as Newton's method.  Given a vector ``v`` as
+    ``inv_hessian`` (a guess of the inverse Hessian's diagonal, up to a factor) it starts from
+    ``B = γ diag(v)``, γ making the first step half the size of theta, and replaces B by
     ``(sᵀy / yᵀDy) D``, ``D = diag(v)``, before the first update (ibid., eq. 6.20, preconditioned).
     Returns theta, B, the step length, the criterion, its gradient, the steps taken, done, and whether
     the scaled gradient is small (the state carries over between calls).
@@ -301,6 +303,7 @@ def bfgs_steps(value_and_grad, theta, inv_hessian, step_length, budget, scale, g
     guess = inv_hessian.ndim == 1
     if guess:
         D = jnp.diag(inv_hessian)
+        inv_hessian = D
 
     def small_gradient(g):
         return jnp.max(jnp.abs(g * scale)) < gtol
@@ -316,24 +319,23 @@ def bfgs_steps(value_and_grad, theta, inv_hessian, step_length, budget, scale, g
         accept = jnp.isfinite(ft) & jnp.all(jnp.isfinite(gt)) & (ft <= f + 1e-4 * t * slope)
         s, y = trial - theta, gt - g
         sy = s @ y
-        curved = accept & (sy > 1e-14)
+        curved = accept & (sy > 1e-14) & jnp.isfinite(f)
         if guess:
+            size = jnp.maximum(jnp.max(jnp.abs(theta / scale)), 0.1)
+            first_step = 0.5 * size / jnp.maximum(jnp.max(jnp.abs(D @ gt / scale)), 1e-300) * D
+            B = jnp.where(accept & ~jnp.isfinite(f), first_step, B)
             B = jnp.where(curved & fresh, sy / (y @ D @ y) * D, B)
             fresh = fresh & ~curved
         rho = 1.0 / jnp.where(sy > 1e-14, sy, 1.0)
         updated = (eye - rho * jnp.outer(s, y)) @ B @ (eye - rho * jnp.outer(y, s)) + rho * jnp.outer(s, s)
         B = jnp.where(curved, updated, B)
-        small_change = accept & (jnp.abs(ft - f) <= 1e-12 * (1.0 + jnp.abs(f)))
+        small_change = accept & jnp.isfinite(f) & (jnp.abs(ft - f) <= 1e-12 * (1.0 + jnp.abs(f)))
         theta, f, g = jnp.where(accept, trial, theta), jnp.where(accept, ft, f), jnp.where(accept, gt, g)
         t = jnp.where(accept, 1.0, t * 0.25)
         done = small_gradient(g) | small_change | (t < 1e-10)
         return theta, f, g, B, t, it + 1, fresh, done
 
-    f0, g0 = value_and_grad(theta)
-    if guess:
-        size = jnp.maximum(jnp.max(jnp.abs(theta / scale)), 0.1)
-        inv_hessian = 0.5 * size / jnp.maximum(jnp.max(jnp.abs(D @ g0 / scale)), 1e-300) * D
-    init = (theta, f0, g0, inv_hessian, step_length, jnp.asarray(0), jnp.asarray(guess),
-            small_gradient(g0) | ~jnp.isfinite(f0))
+    init = (theta, f, g, inv_hessian, step_length, jnp.asarray(0), jnp.asarray(guess),
+            jnp.isfinite(f) & small_gradient(g))
     theta, f, g, B, t, it, _, done = jax.lax.while_loop(lambda s: (~s[-1]) & (s[-3] < budget), step, init)
     return theta, B, t, f, g, it, done, jnp.isfinite(f) & (jnp.max(jnp.abs(g * scale)) < 1e-3)
