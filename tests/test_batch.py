@@ -202,3 +202,23 @@ def test_pbtest_agrees_with_pbkrtest():
     assert scipy.stats.ks_2samp(res.reference, theirs).pvalue > 1e-3
     p = ref["p_boot"]
     assert abs(res.p_boot - p) < 4 * np.sqrt(max(p * (1 - p), 0.01) * (1 / 400 + 1 / theirs.size))
+
+
+def test_lanes_per_call_follow_the_device_and_the_memory(slope_model):
+    import jax
+    import pandas as pd
+
+    from jaxlmm.batch import LANE_MEMORY, default_chunk_size
+    from jaxlmm.design import build_design
+    from jaxlmm.formula import parse_formula
+
+    d = slope_model.design
+    assert default_chunk_size(d.structure, d.p) == 1000 * jax.local_device_count()  # CPU devices here
+    rng = np.random.default_rng(0)
+    n = 12_000  # (1 | a) with 6,000 levels and (1 | b) with 3,000: a dense Schur block of 3,000²
+    crossed = pd.DataFrame({"y": rng.normal(size=n), "a": rng.permutation(np.arange(n) % 6000),
+                            "b": np.arange(n) % 3000})
+    big = build_design(parse_formula("y ~ 1 + (1 | a) + (1 | b)"), crossed)
+    # ten copies of a 3,000² float64 block (720 MB) per lane: one lane per call and device fits 1 GiB
+    assert LANE_MEMORY == 1 << 30
+    assert default_chunk_size(big.structure, big.p) == jax.local_device_count()
