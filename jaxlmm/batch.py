@@ -100,7 +100,7 @@ def lane_placement(cp_axes: CrossProducts):
 
 
 def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.ndarray, structure: Structure,
-              reml: bool, cp_axes: CrossProducts, chunk_size: int | None = None, budget: int = 10, max_iter: int = 300,
+              reml: bool, cp_axes: CrossProducts, chunk_size: int | None = None, budget: int = 12, max_iter: int = 300,
               progress: bool | None = None):
     """Run BFGS lanes to completion; ``lane_cp(indices)`` gives the cross-products of those lanes.
 
