@@ -93,11 +93,12 @@ def crossproducts(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], Z: list
         A22, A2X = np.zeros((0, 0)), np.zeros((0, p))
         row = col = pair_out = pair_w = np.zeros(0, dtype=np.int64)
         val = pair_val = np.zeros(0)
+    # NumPy arrays: compiled functions take them as they are (one fit's few calls need no device copies)
     return CrossProducts(
-        *(jnp.asarray(a) for a in (A11, A1X, A1y, X.T @ X, AXy, yy, A22, A2X, A2y)),
-        jnp.asarray(row, dtype=jnp.int32), jnp.asarray(col, dtype=jnp.int32), jnp.asarray(val),
-        jnp.asarray(pair_out, dtype=jnp.int32), jnp.asarray(pair_w, dtype=jnp.int32), jnp.asarray(pair_val),
-        jnp.asarray(float(n)),
+        *(np.asarray(a, dtype=np.float64) for a in (A11, A1X, A1y, X.T @ X, AXy, yy, A22, A2X, A2y)),
+        row.astype(np.int32), col.astype(np.int32), np.asarray(val, dtype=np.float64),
+        pair_out.astype(np.int32), pair_w.astype(np.int32), np.asarray(pair_val, dtype=np.float64),
+        np.asarray(float(n)),
     )
 
 
