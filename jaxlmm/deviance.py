@@ -174,6 +174,14 @@ def rest_scale(theta: jnp.ndarray, structure: Structure) -> jnp.ndarray:
                             for b in structure.blocks[1:]])
 
 
+def rest_congruence(theta: jnp.ndarray, structure: Structure, C: jnp.ndarray) -> jnp.ndarray:
+    """``Λ₂ᵀ C Λ₂`` for a p₂ × p₂ matrix C: one scaling of rows and columns when Λ₂ is diagonal."""
+    if all(b.q == 1 for b in structure.blocks[1:]):
+        lam = rest_scale(theta, structure)
+        return lam[:, None] * C * lam[None, :]
+    return apply_lambda_rest(theta, structure, apply_lambda_rest(theta, structure, C).T)
+
+
 def _bordered(A_X: jnp.ndarray, A_y: jnp.ndarray) -> jnp.ndarray:
     return jnp.concatenate([A_X, A_y[..., None]], axis=-1)
 
@@ -191,12 +199,8 @@ def factorize(theta: jnp.ndarray, cp: CrossProducts, structure: Structure) -> Fa
         P = jax.ops.segment_sum(cp.pair_val * W1_terms, cp.pair_out,
                                 num_segments=p2 * p2, indices_are_sorted=True).reshape(p2, p2)
         C = cp.A22 - (P + P.T - jnp.diag(jnp.diagonal(P)))  # P holds the upper triangle
-        if all(b.q == 1 for b in structure.blocks[1:]):  # Λ₂ diagonal: scale rows and columns
-            lam2 = rest_scale(theta, structure)
-            S22 = lam2[:, None] * C * lam2[None, :] + jnp.eye(p2)
-        else:
-            S22 = apply_lambda_rest(theta, structure, apply_lambda_rest(theta, structure, C).T) + jnp.eye(p2)
-        L2 = jnp.linalg.cholesky(S22)
+        S22 = rest_congruence(theta, structure, C) + jnp.eye(p2)
+        L2 = jax.lax.linalg.cholesky(S22, symmetrize_input=False)  # the same factor spd_terms takes
         WA = jnp.einsum("gkr,gkc->grc", V1, U1).reshape(-1, A1XY.shape[-1])  # W₁ A₁XY
         A2XY = _bordered(cp.A2X, cp.A2y) - jax.ops.segment_sum(
             cp.A21_val[:, None] * WA[cp.A21_col], cp.A21_row, num_segments=p2)

@@ -56,9 +56,9 @@ def criterion_search(theta, budget, rescale, scale, precondition, cp: CrossProdu
     ``rescale``, from its best rescaling (:func:`~jaxlmm.optimize.best_scaled`), in one compiled call:
     (theta, criterion, gradient, steps, ½gᵀBg, column signs).  With ``budget`` 1 and no rescaling it is
     the criterion and its gradient at theta (inf and 0 where not finite), so this one compiled function
-    serves a whole fit.  ``½gᵀBg``
-    (B the BFGS inverse-Hessian estimate) is what a Newton step could still gain; ``signs · theta`` is
-    the canonical theta (θ_ii >= 0, :func:`~jaxlmm.deviance.column_signs`) with gradient ``signs · g``.
+    serves a whole fit.  ``½gᵀBg`` (B the BFGS inverse-Hessian estimate) is what a Newton step could still
+    gain; ``signs · theta`` is the canonical theta (θ_ii >= 0, :func:`~jaxlmm.deviance.column_signs`) with
+    gradient ``signs · g``.
     """
     criterion = partial(profiled_deviance, cp=cp, structure=structure, reml=reml)
     theta = jax.lax.cond(rescale, partial(best_scaled, criterion), lambda t: t, theta)
