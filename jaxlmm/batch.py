@@ -39,10 +39,14 @@ def _bfgs_lanes(theta, f, g, inv_hessian, step_length, budget, scale, cp: CrossP
     return jax.vmap(lane, in_axes=(0, 0, 0, 0, 0, 0, cp_axes))(theta, f, g, inv_hessian, step_length, scale, cp)
 
 
+@partial(jax.jit, static_argnames=("structure", "reml"))
+def criterion_hessian(theta, cp: CrossProducts, structure: Structure, reml: bool):
+    """The exact Hessian of the criterion (autodiff), for the lanes' shared start."""
+    return jax.hessian(profiled_deviance)(theta, cp, structure, reml)
+
+
 def start_inverse_hessian(model, theta: np.ndarray, reml: bool) -> np.ndarray:
     """|H|⁻¹ of the fitted model's criterion at ``theta`` (eigenvalues made positive), BFGS's start."""
-    from .model import criterion_hessian
-
     return positive_inverse(np.asarray(criterion_hessian(jnp.asarray(theta), model.cp, model.design.structure, reml)))
 
 

@@ -112,8 +112,8 @@ def _pairs(row, col, val, A11, p2):
     (a*p₂ + b, index of W's entry, coefficient), sorted by the first.
     """
     G, q = A11.shape[0], A11.shape[1]
-    _, first, which = np.unique(A11.reshape(G, q * q), axis=0, return_index=True, return_inverse=True)
-    representative = first[which.ravel()]
+    _, first_level, which = np.unique(A11.reshape(G, q * q), axis=0, return_index=True, return_inverse=True)
+    representative = first_level[which.ravel()]  # the first level with the same A11 block
     level, r = col // q, col % q
     order = np.argsort(level, kind="stable")
     row, level, r, val = row[order], level[order], r[order], val[order]
@@ -130,8 +130,8 @@ def _pairs(row, col, val, A11, p2):
     key = out * (G * q * q) + w
     order = _argsort(key)
     key, coef = key[order], (val[left] * val[right])[order]
-    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-    key, coef = key[first], np.add.reduceat(coef, first)
+    run_starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))  # equal keys are summed
+    key, coef = key[run_starts], np.add.reduceat(coef, run_starts)
     return key // (G * q * q), key % (G * q * q), coef
 
 

@@ -45,11 +45,6 @@ class ConvergenceWarning(UserWarning):
 
 # ---------------------------------------------------------------- compiled kernels (shared by all fits)
 @partial(jax.jit, static_argnames=("structure", "reml"))
-def criterion_hessian(theta, cp: CrossProducts, structure: Structure, reml: bool):
-    return jax.hessian(profiled_deviance)(theta, cp, structure, reml)
-
-
-@partial(jax.jit, static_argnames=("structure", "reml"))
 def criterion_search(theta, budget, rescale, scale, precondition, cp: CrossProducts, structure: Structure,
                      reml: bool):
     """Up to ``budget`` BFGS steps on the criterion (B from ``diag(precondition)``), from theta or, with
