@@ -13,58 +13,14 @@ import numpy as np
 import pandas as pd
 
 from .batch import BatchFit, hessian_lanes, run_lanes
-from .crossprod import CrossProducts, block_offsets, crossproducts
-from .design import Design, ReBlock, Structure, build_design, theta_start
+from .crossprod import CrossProducts, crossproducts
+from .design import Design, build_design, theta_start
 from .errors import DataError
 from .formula import parse_formula
 from .optimize import positive_inverse
+from .shapes import pad_to_bucket
 
 ALL_BATCHED = CrossProducts(*([0] * len(CrossProducts._fields)))
-
-
-def bucket(k: int, minimum: int = 4) -> int:
-    """The next power of two >= k (at least ``minimum``)."""
-    return max(minimum, 1 << max(0, int(k) - 1).bit_length())
-
-
-def padded_structure(structure: Structure) -> Structure:
-    blocks = tuple(ReBlock(bucket(b.n_levels), b.q, b.theta_index) for b in structure.blocks)
-    return Structure(blocks, structure.n_theta)
-
-
-def pad_crossproducts(cp: CrossProducts, structure: Structure, target: Structure, nnz: int, npairs: int):
-    """``cp`` padded with empty levels to ``target``'s level counts and to ``nnz``/``npairs`` sparse entries."""
-    G = target.blocks[0].n_levels
-    old, new = block_offsets(structure), block_offsets(target)
-    remap = np.concatenate([np.arange(o1, o2) - o1 + n1 for o1, o2, n1 in zip(old, old[1:], new)]).astype(np.int64) \
-        if len(old) > 1 else np.zeros(0, dtype=np.int64)
-    p2, p2_new = old[-1], new[-1]
-
-    def pad_first(a):
-        a = np.asarray(a)
-        return np.concatenate([a, np.zeros((G - a.shape[0],) + a.shape[1:])])
-
-    def pad_rest(a, square=False):
-        a = np.asarray(a)
-        out = np.zeros((p2_new,) * (2 if square else 1) + a.shape[2 if square else 1:])
-        out[np.ix_(remap, remap) if square else remap] = a
-        return out
-
-    def pad_sparse(a, length):
-        a = np.asarray(a)
-        return np.concatenate([a, np.zeros(length - a.shape[0], dtype=a.dtype)])
-
-    row = remap[np.asarray(cp.A21_row)] if p2 else np.asarray(cp.A21_row)
-    out_idx = np.asarray(cp.pair_out)
-    if p2:
-        out_idx = remap[out_idx // p2] * p2_new + remap[out_idx % p2]
-    return CrossProducts(
-        A11=pad_first(cp.A11), A1X=pad_first(cp.A1X), A1y=pad_first(cp.A1y), AXX=np.asarray(cp.AXX),
-        AXy=np.asarray(cp.AXy), yy=np.asarray(cp.yy), A22=pad_rest(cp.A22, square=True), A2X=pad_rest(cp.A2X),
-        A2y=pad_rest(cp.A2y), A21_row=pad_sparse(row, nnz), A21_col=pad_sparse(cp.A21_col, nnz),
-        A21_val=pad_sparse(cp.A21_val, nnz), pair_out=pad_sparse(out_idx, npairs),
-        pair_w=pad_sparse(cp.pair_w, npairs), pair_val=pad_sparse(cp.pair_val, npairs), n=np.asarray(cp.n),
-    )
 
 
 def fit_datasets(formula: str, datasets: list[pd.DataFrame], reml: bool = True, chunk_size: int | None = None,
@@ -89,10 +45,9 @@ def fit_datasets(formula: str, datasets: list[pd.DataFrame], reml: bool = True, 
     padded = []
     for k, d in enumerate(designs):
         cp = crossproducts(d.y, d.X, d.codes, d.Z, d.structure)
-        target = padded_structure(d.structure)
-        nnz, npairs = bucket(cp.A21_val.shape[0], 1), bucket(cp.pair_val.shape[0], 1)
-        padded.append(pad_crossproducts(cp, d.structure, target, nnz, npairs))
-        groups.setdefault((target, nnz, npairs), []).append(k)
+        cp, target = pad_to_bucket(cp, d.structure)
+        padded.append(cp)
+        groups.setdefault((target, cp.A21_val.shape[0], cp.pair_val.shape[0]), []).append(k)
     B, n_theta, p = len(designs), designs[0].structure.n_theta, len(names)
     theta, beta, sigma = np.zeros((B, n_theta)), np.zeros((B, p)), np.zeros(B)
     crit, ok, steps = np.zeros(B), np.zeros(B, dtype=bool), np.zeros(B, dtype=np.int64)

@@ -1,0 +1,97 @@
+"""Shape buckets: the compiled kernels see sizes rounded up to a few values, with exact padding.
+
+Every distinct array shape is a new XLA executable (seconds to compile, memory mappings held for the
+life of the process), so a session fitting models of many sizes would compile without end.  Sizes are
+therefore rounded up to a bucket grid and the cross-products padded:
+
+* *empty levels* (zero rows of Z) in any block: an empty level adds ``M_j = I`` to the blocked factor,
+  so it changes neither ``log|M|`` nor the Schur complement, and the criterion is unchanged exactly;
+* *zero sparse entries* in the ``Z₂ᵀZ₁`` and pair lists (coefficient 0, pair indices kept sorted);
+* the number of observations travels as data (``CrossProducts.n``).
+
+The grid is powers of two up to ``FINE_FROM`` and ``STEPS_PER_OCTAVE`` sizes per octave beyond: small
+problems share few executables (compiling costs far more than padding them), large ones pay at most
+1/8 more work in the padded dimension.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .crossprod import CrossProducts, block_offsets
+from .design import ReBlock, Structure
+
+FINE_FROM = 1024  # sizes above this are rounded to STEPS_PER_OCTAVE sizes per octave, not to powers of two
+STEPS_PER_OCTAVE = 8
+MIN_FIRST_LEVELS = 8  # the grouping factor with most levels has at least this many (padded) levels
+MIN_REST_LEVELS = 4
+
+
+def bucket(k: int, minimum: int = 1) -> int:
+    """The smallest grid size >= max(k, minimum): a power of two up to ``FINE_FROM``, beyond it a
+    multiple of 2^e / ``STEPS_PER_OCTAVE`` for the octave [2^e, 2^(e+1)) holding k."""
+    k = max(int(k), int(minimum), 1)
+    power = 1 << (k - 1).bit_length()
+    if power <= FINE_FROM:
+        return power
+    step = (power // 2) // STEPS_PER_OCTAVE
+    return -(-k // step) * step
+
+
+def padded_structure(structure: Structure) -> Structure:
+    """``structure`` with each block's number of levels rounded up to its bucket."""
+    blocks = tuple(ReBlock(bucket(b.n_levels, MIN_FIRST_LEVELS if k == 0 else MIN_REST_LEVELS), b.q, b.theta_index)
+                   for k, b in enumerate(structure.blocks))
+    return Structure(blocks, structure.n_theta)
+
+
+def padded_sizes(cp: CrossProducts) -> tuple[int, int]:
+    """Bucketed lengths of the ``Z₂ᵀZ₁`` entry list and of the pair list."""
+    return bucket(cp.A21_val.shape[0]), bucket(cp.pair_val.shape[0])
+
+
+def pad_crossproducts(cp: CrossProducts, structure: Structure, target: Structure, nnz: int, npairs: int
+                      ) -> CrossProducts:
+    """``cp`` padded with empty levels to ``target``'s level counts and to ``nnz``/``npairs`` sparse entries.
+
+    Each block's real levels keep their positions at the start of the block, so estimates per level are
+    the first ``n_levels`` rows of the padded ones.
+    """
+    G = target.blocks[0].n_levels
+    old, new = block_offsets(structure), block_offsets(target)
+    remap = np.concatenate([np.arange(o1, o2) - o1 + n1 for o1, o2, n1 in zip(old, old[1:], new)]).astype(np.int64) \
+        if len(old) > 1 else np.zeros(0, dtype=np.int64)
+    p2, p2_new = old[-1], new[-1]
+
+    def pad_first(a):
+        a = np.asarray(a)
+        return np.concatenate([a, np.zeros((G - a.shape[0],) + a.shape[1:])])
+
+    def pad_rest(a, square=False):
+        a = np.asarray(a)
+        out = np.zeros((p2_new,) * (2 if square else 1) + a.shape[2 if square else 1:])
+        out[np.ix_(remap, remap) if square else remap] = a
+        return out
+
+    def pad_sparse(a, length, fill=0):
+        a = np.asarray(a)
+        return np.concatenate([a, np.full(length - a.shape[0], fill, dtype=a.dtype)])
+
+    row = remap[np.asarray(cp.A21_row)] if p2 else np.asarray(cp.A21_row)
+    out_idx = np.asarray(cp.pair_out)
+    if p2:
+        out_idx = remap[out_idx // p2] * p2_new + remap[out_idx % p2]
+    last_out = out_idx[-1] if out_idx.size else 0  # padding repeats the last index: the list stays sorted
+    return CrossProducts(
+        A11=pad_first(cp.A11), A1X=pad_first(cp.A1X), A1y=pad_first(cp.A1y), AXX=np.asarray(cp.AXX),
+        AXy=np.asarray(cp.AXy), yy=np.asarray(cp.yy), A22=pad_rest(cp.A22, square=True), A2X=pad_rest(cp.A2X),
+        A2y=pad_rest(cp.A2y), A21_row=pad_sparse(row, nnz), A21_col=pad_sparse(cp.A21_col, nnz),
+        A21_val=pad_sparse(cp.A21_val, nnz), pair_out=pad_sparse(out_idx, npairs, last_out),
+        pair_w=pad_sparse(cp.pair_w, npairs), pair_val=pad_sparse(cp.pair_val, npairs), n=np.asarray(cp.n),
+    )
+
+
+def pad_to_bucket(cp: CrossProducts, structure: Structure) -> tuple[CrossProducts, Structure]:
+    """``cp`` padded to the bucket of its shapes, and the padded structure (the compile key)."""
+    target = padded_structure(structure)
+    return pad_crossproducts(cp, structure, target, *padded_sizes(cp)), target
