@@ -8,9 +8,10 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from .cache import default_folder, use_compilation_cache
+from .cache import count_executables, default_folder, use_compilation_cache
 
 use_compilation_cache(default_folder())
+count_executables()
 
 from .batch import BatchFit, fit_batch
 from .bootstrap import pbtest

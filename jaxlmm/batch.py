@@ -19,18 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .cache import bound_executables
 from .crossprod import CrossProducts, response_products
 from .design import Structure
 from .deviance import beta_hat, canonical_theta, factorize, profiled_deviance, sigma_hat
 from .optimize import bfgs_steps, positive_inverse
+from .shapes import pad_response_products
 
 Y_FIELDS = ("A1y", "A2y", "AXy", "yy")
 CP_AXES = CrossProducts(*(0 if f in Y_FIELDS else None for f in CrossProducts._fields))
 
 
-@partial(jax.jit, static_argnames=("structure", "reml", "cp_axes"))
+@partial(jax.jit, static_argnames=("structure", "cp_axes"))
 def _bfgs_lanes(theta, f, g, inv_hessian, step_length, budget, scale, cp: CrossProducts, structure: Structure,
-                reml: bool, cp_axes: CrossProducts):
+                reml, cp_axes: CrossProducts):
     def lane(t, f, g, b, s, sc, c):
         value_and_grad = jax.value_and_grad(lambda u: profiled_deviance(u, c, structure, reml))
         theta, B, step_length, f, g, steps, done, small = bfgs_steps(value_and_grad, t, f, g, b, s, budget, sc)
@@ -39,19 +41,13 @@ def _bfgs_lanes(theta, f, g, inv_hessian, step_length, budget, scale, cp: CrossP
     return jax.vmap(lane, in_axes=(0, 0, 0, 0, 0, 0, cp_axes))(theta, f, g, inv_hessian, step_length, scale, cp)
 
 
-@partial(jax.jit, static_argnames=("structure", "reml"))
-def criterion_hessian(theta, cp: CrossProducts, structure: Structure, reml: bool):
-    """The exact Hessian of the criterion (autodiff), for the lanes' shared start."""
-    return jax.hessian(profiled_deviance)(theta, cp, structure, reml)
-
-
 def start_inverse_hessian(model, theta: np.ndarray, reml: bool) -> np.ndarray:
     """|H|⁻¹ of the fitted model's criterion at ``theta`` (eigenvalues made positive), BFGS's start."""
-    return positive_inverse(np.asarray(criterion_hessian(jnp.asarray(theta), model.cp, model.design.structure, reml)))
+    return positive_inverse(model.criterion_hessian(theta, reml))
 
 
-@partial(jax.jit, static_argnames=("structure", "reml", "cp_axes"))
-def _estimates_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool, cp_axes: CrossProducts):
+@partial(jax.jit, static_argnames=("structure", "cp_axes"))
+def _estimates_lanes(theta, cp: CrossProducts, structure: Structure, reml, cp_axes: CrossProducts):
     """Canonical theta, β̂ and σ̂ per lane at the final theta."""
     def one(t, c):
         fac = factorize(t, c, structure)
@@ -60,8 +56,8 @@ def _estimates_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool,
     return jax.vmap(one, in_axes=(0, cp_axes))(theta, cp)
 
 
-@partial(jax.jit, static_argnames=("structure", "reml"))
-def hessian_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool):
+@partial(jax.jit, static_argnames=("structure",))
+def hessian_lanes(theta, cp: CrossProducts, structure: Structure, reml):
     """The exact Hessian per lane (every cross-product batched): BFGS's start for data-set batches."""
     def one(t, c):
         return jax.hessian(profiled_deviance)(t, c, structure, reml)
@@ -72,15 +68,20 @@ def hessian_lanes(theta, cp: CrossProducts, structure: Structure, reml: bool):
 LANE_MEMORY = 1 << 30  # bytes of working arrays one compiled call of lanes may use per device
 
 
+LANES_PER_CPU_DEVICE = 256
+LANES_PER_ACCELERATOR = 16384  # an accelerator needs wide calls to be busy
+
+
 def default_chunk_size(structure: Structure, p: int) -> int:
-    """Lanes per compiled call: 1,000 per CPU device, 16,384 per accelerator (which needs wide calls to
-    be busy), fewer where the per-lane arrays (about ten copies of the dense Schur block and the per-level
-    blocks) would pass ``LANE_MEMORY``."""
+    """Lanes per compiled call, whatever the batch size (one compiled shape per model structure, so a
+    batch of any size after another reuses it): ``LANES_PER_CPU_DEVICE`` per CPU device,
+    ``LANES_PER_ACCELERATOR`` per accelerator, fewer where the per-lane arrays (about ten copies of the
+    dense Schur block and the per-level blocks) would pass ``LANE_MEMORY``."""
     b1 = structure.blocks[0]
     p2 = sum(b.n_levels * b.q for b in structure.blocks[1:])
     lane_bytes = 8 * 10 * (p2 * p2 + p2 * (p + 1) + b1.n_levels * b1.q * (b1.q + p + 1) + (p + 1) ** 2)
     devices = jax.local_devices()
-    per_device = 1000 if devices[0].platform == "cpu" else 16384
+    per_device = LANES_PER_CPU_DEVICE if devices[0].platform == "cpu" else LANES_PER_ACCELERATOR
     return len(devices) * max(1, min(per_device, LANE_MEMORY // lane_bytes))
 
 
@@ -108,15 +109,16 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
               progress: bool | None = None):
     """Run BFGS lanes to completion; ``lane_cp(indices)`` gives the cross-products of those lanes.
 
-    Lanes are scheduled in calls of ``chunk_size`` (one compiled shape; :func:`default_chunk_size` when
-    None): each call gives every lane up to
-    ``budget`` BFGS steps; lanes that are not done return to the pool and fill the next call first, so
-    no call waits on a few slow lanes.  In a batch of at least four calls, the last stragglers run in
-    calls of an eighth of the size (a second compiled shape).  A lane still not done after ``max_iter`` steps is a failure.
+    Lanes are scheduled in calls of ``chunk_size`` lanes whatever B is (one compiled shape;
+    :func:`default_chunk_size` when None; a call with fewer lanes left is padded with copies): each call
+    gives every lane up to ``budget`` BFGS steps; lanes that are not done return to the pool and fill the
+    next call first, so no call waits on a few slow lanes.  A lane still not done after ``max_iter``
+    steps is a failure.
     With several local devices (GPUs, or CPU devices from
     ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) each call's lanes are split across them.
     Returns (theta, beta, sigma, criterion, converged, steps).
     """
+    bound_executables()
     B = theta.shape[0]
     theta, inv_hessian = theta.copy(), inv_hessian.copy()
     place = lane_placement(cp_axes)
@@ -128,19 +130,16 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
     n_dev = jax.local_device_count()
     if chunk_size is None:
         chunk_size = default_chunk_size(structure, lane_cp(np.zeros(1, dtype=np.int64)).AXX.shape[-1])
-    size = -(-min(chunk_size, B) // n_dev) * n_dev  # a multiple of the device count
-    # the last few slow lanes of a large batch run in a smaller call instead of a padded full one
-    tail = -(-max(1, size // 8) // n_dev) * n_dev if B >= 4 * size else size
+    size = -(-chunk_size // n_dev) * n_dev  # a multiple of the device count
 
-    def pad(lanes, width=size):
-        return np.concatenate([lanes, np.repeat(lanes[:1], width - lanes.size)])
+    def pad(lanes):
+        return np.concatenate([lanes, np.repeat(lanes[:1], size - lanes.size)])
 
     bar = _progress(enabled=progress, total=B, desc="fitting")
     while not done.all():
         todo = np.flatnonzero(~done)
-        width = tail if todo.size <= tail else size
-        lanes = todo[np.argsort(steps[todo] == 0, kind="stable")][:width]  # started lanes first
-        padded = pad(lanes, width)
+        lanes = todo[np.argsort(steps[todo] == 0, kind="stable")][:size]  # started lanes first
+        padded = pad(lanes)
         lane_args, cp = place((theta[padded], crit[padded], grad[padded], inv_hessian[padded], step_length[padded],
                                scale[padded]), lane_cp(padded))
         out = jax.device_get(_bfgs_lanes(*lane_args[:5], budget, lane_args[5], cp, structure, reml, cp_axes))
@@ -245,40 +244,49 @@ def fit_products(model, products: dict[str, np.ndarray], reml: bool | None = Non
                  progress: bool | None = None) -> BatchFit:
     """Fit B responses given by their cross-products with the design (``Y_FIELDS``, batch axis first),
     each lane warm-started at the model's theta with the model's Hessian."""
-    from .model import theta_scale
-
     d = model.design
     reml = model.reml if reml is None else reml
     B = products["yy"].shape[0]
-    scale = theta_scale(d)
+    scale = model.theta_scale
     start = warm_start(model.theta, d.structure, scale)
+    products = pad_response_products(products, d.structure, model.structure)
 
     def lane_cp(lanes):
         return model.cp._replace(**{k: jnp.asarray(v[lanes]) for k, v in products.items()})
 
     theta, beta, sigma, crit, ok, steps = run_lanes(
         lane_cp, np.tile(start, (B, 1)), np.tile(start_inverse_hessian(model, start, reml), (B, 1, 1)),
-        np.tile(scale, (B, 1)), d.structure, reml, CP_AXES, chunk_size, progress=progress)
+        np.tile(scale, (B, 1)), model.structure, reml, CP_AXES, chunk_size, progress=progress)
     return BatchFit(theta, beta, sigma, crit, ok, steps, list(d.fixef_names), reml)
 
 
 def fit_batch(formula: str, data: pd.DataFrame | None = None, responses: np.ndarray | None = None,
               datasets: list[pd.DataFrame] | None = None, reml: bool = True, chunk_size: int | None = None,
-              progress: bool | None = None) -> BatchFit:
+              progress: bool | None = None, by: str | None = None) -> BatchFit:
     """Many fits of one formula in compiled, vmapped calls.
 
     * ``fit_batch(f, data, responses=Y)``: each column of ``Y`` (n, B) as the response, all sharing
       ``data``'s design; the model fitted to ``data``'s own response warm-starts every lane.
     * ``fit_batch(f, datasets=[df1, ..., dfB])``: B data sets of any sizes and group counts, padded into a
       few shape buckets (:mod:`jaxlmm.buckets`).  Each data set's theta is in its own lme4 order.
+    * ``fit_batch(f, data, by="replicate")``: one long frame holding B data sets, ``data[by]`` naming each;
+      results in the order of first appearance, the ``by`` values in ``labels`` (:func:`jaxlmm.buckets.fit_by`).
 
     ``chunk_size`` is the number of lanes per compiled call (default :func:`default_chunk_size`).
     """
     from .errors import DataError
     from .model import lmer
 
+    if by is not None:
+        if responses is not None or datasets is not None:
+            raise DataError("by= splits one long frame (data=...) into data sets; give neither responses nor datasets")
+        if data is None:
+            raise DataError("by= needs the long frame holding every data set (data=...)")
+        from .buckets import fit_by
+
+        return fit_by(formula, data, by, reml=reml, chunk_size=chunk_size, progress=progress)
     if (responses is None) == (datasets is None):
-        raise DataError("give either responses (with data) or datasets")
+        raise DataError("give either responses (with data), datasets, or data with by=")
     if datasets is not None:
         from .buckets import fit_datasets
 

@@ -39,6 +39,12 @@ class ReBlock:
     q: int
     theta_index: tuple[tuple[int, ...], ...]
 
+    def lambda_of(self, theta: np.ndarray) -> np.ndarray:
+        """Λ (…, q, q) from theta (…, n_theta) in NumPy, leading axes batched (replicates)."""
+        index = np.array(self.theta_index)
+        theta = np.asarray(theta, dtype=float)
+        return np.where(index >= 0, theta[..., np.maximum(index, 0)], 0.0)
+
 
 @dataclass(frozen=True)
 class Structure:

@@ -218,32 +218,56 @@ def logdet_RX(f: Factor) -> jnp.ndarray:
     return 2.0 * jnp.sum(jnp.log(jnp.diagonal(f.LXY)[:p]))
 
 
-def criterion(f: Factor, n: jnp.ndarray, reml: bool) -> jnp.ndarray:
-    """-2 log-likelihood (ML) or the REML criterion from the factor (Bates et al. 2015, eqs. 34, 41)."""
+def residual_df(n, p: int, reml, xp=jnp):
+    """``n − p`` for REML, ``n`` for ML; ``reml`` may be traced (one compiled kernel serves both).
+    ``xp=np`` computes it on the host (no JAX dispatch)."""
+    return xp.where(reml, n - p, n)
+
+
+def profiled_weights(n, p: int, reml, xp=jnp):
+    """The :func:`weighted_criterion` weights of the profiled ML deviance or REML criterion (eqs. 34, 41):
+    ``ν log r² + ν (1 + log 2π − log ν)``, ν = n (ML) or n − p (REML); ``reml`` may be traced."""
+    nu = residual_df(n, p, reml, xp)
+    return xp.stack([xp.asarray(reml, dtype=float), nu, 0.0 * nu, nu * (1.0 + LOG_2PI - xp.log(nu))])
+
+
+def varpar_weights(n, p: int, reml, sigma, xp=jnp):
+    """The :func:`weighted_criterion` weights of the deviance at a given σ (β profiled, σ not; lmerTest's
+    ``devfun_vp``): ``r²/σ² + ν log(2πσ²)``."""
+    nu = residual_df(n, p, reml, xp)
+    return xp.stack([xp.asarray(reml, dtype=float), 0.0 * nu, 1.0 / sigma**2, nu * (LOG_2PI + 2.0 * xp.log(sigma))])
+
+
+def weighted_criterion(f: Factor, weights: jnp.ndarray) -> jnp.ndarray:
+    """``log|M| + w₀ log|R_X|² + w₁ log r² + w₂ r² + w₃`` from the factor, for weights ``w`` (4,).
+
+    With :func:`profiled_weights` it is the profiled deviance or REML criterion, with
+    :func:`varpar_weights` the deviance at a fixed σ: one compiled kernel (and one gradient graph) serves
+    the fit and the Satterthwaite derivatives, for ML and REML alike.
+    """
     p = f.LXY.shape[0] - 1
     r2 = f.LXY[p, p] ** 2
-    if reml:
-        nu = n - p
-        return f.logdet_M + logdet_RX(f) + nu * (1.0 + LOG_2PI + jnp.log(r2 / nu))
-    return f.logdet_M + n * (1.0 + LOG_2PI + jnp.log(r2 / n))
+    return (f.logdet_M + weights[0] * logdet_RX(f) + weights[1] * jnp.log(r2) + weights[2] * r2 + weights[3])
 
 
-def profiled_deviance(theta: jnp.ndarray, cp: CrossProducts, structure: Structure, reml: bool) -> jnp.ndarray:
+def criterion(f: Factor, n: jnp.ndarray, reml) -> jnp.ndarray:
+    """-2 log-likelihood (ML) or the REML criterion from the factor (Bates et al. 2015, eqs. 34, 41).
+
+    ``reml`` may be a traced boolean: both criteria come from the same factor at almost no extra cost.
+    """
+    return weighted_criterion(f, profiled_weights(n, f.LXY.shape[0] - 1, reml))
+
+
+def profiled_deviance(theta: jnp.ndarray, cp: CrossProducts, structure: Structure, reml) -> jnp.ndarray:
     """θ ↦ profiled ML deviance or REML criterion (NaN where the factor does not exist)."""
     return criterion(factorize(theta, cp, structure), cp.n, reml)
 
 
-def varpar_deviance(varpar: jnp.ndarray, cp: CrossProducts, structure: Structure, reml: bool) -> jnp.ndarray:
+def varpar_deviance(varpar: jnp.ndarray, cp: CrossProducts, structure: Structure, reml) -> jnp.ndarray:
     """The deviance at (θ, σ) with β profiled out but σ not (lmerTest's ``devfun_vp``)."""
     theta, sigma = varpar[:-1], varpar[-1]
     f = factorize(theta, cp, structure)
-    p = f.LXY.shape[0] - 1
-    r2 = f.LXY[p, p] ** 2
-    nu = cp.n - p if reml else cp.n
-    out = f.logdet_M + nu * (LOG_2PI + 2.0 * jnp.log(sigma)) + r2 / sigma**2
-    if reml:
-        out = out + logdet_RX(f)
-    return out
+    return weighted_criterion(f, varpar_weights(cp.n, f.LXY.shape[0] - 1, reml, sigma))
 
 
 def beta_hat(f: Factor) -> jnp.ndarray:
@@ -252,9 +276,9 @@ def beta_hat(f: Factor) -> jnp.ndarray:
     return jax.scipy.linalg.solve_triangular(f.LXY[:p, :p].T, f.LXY[p, :p], lower=False)
 
 
-def sigma_hat(f: Factor, n: jnp.ndarray, reml: bool) -> jnp.ndarray:
+def sigma_hat(f: Factor, n: jnp.ndarray, reml) -> jnp.ndarray:
     p = f.LXY.shape[0] - 1
-    return jnp.abs(f.LXY[p, p]) / jnp.sqrt(n - p if reml else n)
+    return jnp.abs(f.LXY[p, p]) / jnp.sqrt(residual_df(n, p, reml))
 
 
 def unscaled_vcov(f: Factor) -> jnp.ndarray:

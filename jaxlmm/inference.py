@@ -7,8 +7,12 @@ J. Stat. Softw. 82(13), §3: for a contrast ``l``, with ``v(ψ) = lᵀ V(ψ) l``
     df = 2 v(ψ̂)² / (∇v(ψ̂)ᵀ A ∇v(ψ̂)),   A = 2 H⁻¹,
 
 ``H`` being the Hessian of the deviance in ψ (β profiled, σ not), inverted over its positive
-eigenvalues as lmerTest does.  lmerTest takes ``H`` and ``∇v`` by
-finite differences; here both are exact autodiff derivatives.
+eigenvalues as lmerTest does.  lmerTest takes ``H`` and ``∇v`` by finite differences of the deviance;
+here they are central differences of *exact* (autodiff) gradients of the deviance and of exact
+``(R_XᵀR_X)⁻¹`` at the ``2·dim ψ`` points ``ψ ± hᵢeᵢ`` (h = 1e-4 × ψ's scale, error O(h²) ~ 1e-8).
+For one fit they come from the fit's own compiled kernel (:func:`~jaxlmm.kernel.criterion_search` with the
+weights of the deviance at a fixed σ, whose σ-derivative ``2ν/σ − 2r²/σ³`` is closed-form), so the
+tables compile nothing new; batches of fits (power) use :func:`varpar_jets_lanes`.
 """
 
 from __future__ import annotations
@@ -16,28 +20,76 @@ from __future__ import annotations
 from functools import partial
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
+from .cache import bound_executables
 from .crossprod import CrossProducts
 from .design import Structure
-from .deviance import factorize, unscaled_vcov, varpar_deviance
+from .deviance import factorize, unscaled_vcov, varpar_deviance, varpar_weights
+from .kernel import evaluate
 
 POSITIVE_TOL = 1e-8  # lmerTest's tolerance for the Hessian's eigenvalues
+DIFFERENCE_STEP = 1e-4  # relative to theta's scale and to sigma
 
 
-@partial(jax.jit, static_argnames=("structure", "reml"))
-def satterthwaite_df(theta, sigma, contrasts, cp: CrossProducts, structure: Structure, reml: bool):
-    """Denominator df for each row ``l`` of ``contrasts`` (k, p); also returns ``v = lᵀVl``."""
-    varpar = jnp.append(theta, sigma)
+def varpar_jets(points, cp: CrossProducts, structure: Structure, reml):
+    """At each row ``ψ = (θ, σ)`` of ``points`` (m, k): the gradient of the deviance in ψ and
+    ``(R_XᵀR_X)⁻¹`` at θ.  Pure JAX."""
 
-    def contrast_variance(vp):
-        V = vp[-1] ** 2 * unscaled_vcov(factorize(vp[:-1], cp, structure))
-        return jnp.einsum("ki,ij,kj->k", contrasts, V, contrasts)
+    def one(psi):
+        return jax.grad(varpar_deviance)(psi, cp, structure, reml), unscaled_vcov(factorize(psi[:-1], cp, structure))
 
-    H = jax.hessian(varpar_deviance)(varpar, cp, structure, reml)
-    evals, evecs = jnp.linalg.eigh(H)  # lmerTest: inverse over the eigenvalues above 1e-8 only
-    inv = jnp.where(evals > POSITIVE_TOL, 1.0 / jnp.where(evals > POSITIVE_TOL, evals, 1.0), 0.0)
-    A = 2.0 * (evecs * inv) @ evecs.T
-    v = contrast_variance(varpar)
-    J = jax.jacobian(contrast_variance)(varpar)
-    return 2.0 * v**2 / jnp.einsum("ki,ij,kj->k", J, A, J), v
+    return jax.vmap(one)(points)
+
+
+def difference_points(theta: np.ndarray, sigma, theta_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points ``ψ ± hᵢeᵢ`` (…, 2k, k), plus first then minus, and the steps h (…, k); leading axes batch."""
+    psi = np.concatenate([theta, np.asarray(sigma)[..., None]], axis=-1)
+    h = DIFFERENCE_STEP * np.concatenate(
+        [np.broadcast_to(theta_scale, theta.shape), np.abs(np.asarray(sigma))[..., None]], axis=-1)
+    k = psi.shape[-1]
+    shifts = np.eye(k) * h[..., None, :]  # (…, k, k): row i is hᵢeᵢ
+    return np.concatenate([psi[..., None, :] + shifts, psi[..., None, :] - shifts], axis=-2), h
+
+
+def satterthwaite_from_jets(gradients: np.ndarray, vcov_unscaled: np.ndarray, sigma, h: np.ndarray,
+                            contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """df and ``v = lᵀVl`` for each row l of ``contrasts`` (c, p), from :func:`varpar_jets` at the
+    :func:`difference_points`; leading axes batch (lanes)."""
+    k = h.shape[-1]
+    plus, minus = gradients[..., :k, :], gradients[..., k:, :]
+    H = np.swapaxes((plus - minus) / (2.0 * h[..., :, None]), -1, -2)  # column i: ∂g/∂ψᵢ
+    H = 0.5 * (H + np.swapaxes(H, -1, -2))
+    evals, evecs = np.linalg.eigh(H)
+    inv = np.where(evals > POSITIVE_TOL, 1.0 / np.where(evals > POSITIVE_TOL, evals, 1.0), 0.0)
+    A = 2.0 * (evecs * inv[..., None, :]) @ np.swapaxes(evecs, -1, -2)
+    sigma = np.asarray(sigma)[..., None, None]
+    U = 0.5 * (vcov_unscaled[..., k - 1, :, :] + vcov_unscaled[..., 2 * k - 1, :, :])  # σ± leave θ, hence U, as is
+    dU = (vcov_unscaled[..., : k - 1, :, :] - vcov_unscaled[..., k: 2 * k - 1, :, :]) / (2.0 * h[..., : k - 1, None, None])
+    dV = np.concatenate([sigma[..., None, :, :] ** 2 * dU, (2.0 * sigma * U)[..., None, :, :]], axis=-3)  # (…, k, p, p)
+    v = np.einsum("ci,...ij,cj->...c", contrasts, sigma**2 * U, contrasts)
+    J = np.einsum("ci,...kij,cj->...ck", contrasts, dV, contrasts)
+    return 2.0 * v**2 / np.einsum("...ck,...kl,...cl->...c", J, A, J), v
+
+
+def satterthwaite_df(theta, sigma, contrasts, cp: CrossProducts, structure: Structure, reml: bool,
+                     theta_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Denominator df for each row ``l`` of ``contrasts`` (c, p), and ``v = lᵀVl``, for one fit."""
+    bound_executables()
+    n, p = float(cp.n), cp.AXX.shape[0]
+    nu = n - p if reml else n
+    points, h = difference_points(np.asarray(theta, dtype=float), float(sigma), theta_scale)
+    gradients, vcov_unscaled = [], []
+    for point in points:
+        s = point[-1]
+        r = evaluate(point[:-1], cp, structure, varpar_weights(n, p, reml, s, xp=np), theta_scale, extras=True)
+        gradients.append(np.append(r.g, 2.0 * nu / s - 2.0 * float(r.parts.r2) / s**3))
+        vcov_unscaled.append(r.parts.vcov_unscaled)
+    return satterthwaite_from_jets(np.array(gradients), np.array(vcov_unscaled), float(sigma), h,
+                                   np.asarray(contrasts, dtype=float))
+
+
+@partial(jax.jit, static_argnames=("structure", "cp_axes"))
+def varpar_jets_lanes(points, cp: CrossProducts, structure: Structure, reml, cp_axes: CrossProducts):
+    """:func:`varpar_jets` per lane: ``points`` (B, m, k), the cross-products' ``cp_axes`` fields batched."""
+    return jax.vmap(lambda pts, c: varpar_jets(pts, c, structure, reml), in_axes=(0, cp_axes))(points, cp)

@@ -1,8 +1,9 @@
 """The fitted model (lme4's ``mkMerMod``) and :func:`lmer`, the pipeline that makes it.
 
 ``lmer`` = :func:`~jaxlmm.formula.parse_formula` -> :func:`~jaxlmm.design.build_design`
--> :func:`~jaxlmm.crossprod.crossproducts` -> :func:`~jaxlmm.optimize.minimize_theta` over
-:func:`~jaxlmm.deviance.profiled_deviance` -> :class:`LinearMixedModel`.
+-> :func:`~jaxlmm.crossprod.crossproducts` padded to a shape bucket (:mod:`jaxlmm.shapes`)
+-> :func:`~jaxlmm.optimize.minimize_theta` over the compiled :func:`~jaxlmm.kernel.criterion_search`
+-> :class:`LinearMixedModel`.
 """
 
 from __future__ import annotations
@@ -12,29 +13,19 @@ import math
 import warnings
 from functools import partial
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from . import rsq, tables
+from .cache import bound_executables
 from .crossprod import CrossProducts, crossproducts
 from .design import Design, Structure, build_design, new_design_matrices, theta_start
-from .deviance import (
-    beta_hat,
-    column_signs,
-    criterion,
-    factorize,
-    lambda_matrix,
-    profiled_deviance,
-    sigma_hat,
-    unscaled_vcov,
-    varpar_deviance,
-)
+from .deviance import LOG_2PI, profiled_weights
 from .errors import JaxlmmError
 from .formula import parse_formula
-from .modes import conditional_modes, conditional_variances
-from .optimize import OptSummary, best_scaled, bfgs_steps, minimize_theta
+from .kernel import criterion_search, evaluate, random_effect_variances
+from .optimize import OptSummary, difference_hessian, minimize_theta
+from .shapes import pad_to_bucket
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta entries with a zero lower bound
 
@@ -43,45 +34,12 @@ class ConvergenceWarning(UserWarning):
     """The optimiser did not reach a point where the projected gradient vanishes."""
 
 
-# ---------------------------------------------------------------- compiled kernels (shared by all fits)
-@partial(jax.jit, static_argnames=("structure", "reml"))
-def criterion_search(theta, budget, rescale, scale, precondition, cp: CrossProducts, structure: Structure,
-                     reml: bool):
-    """Up to ``budget`` BFGS steps on the criterion (B from ``diag(precondition)``), from theta or, with
-    ``rescale``, from its best rescaling (:func:`~jaxlmm.optimize.best_scaled`), in one compiled call:
-    (theta, criterion, gradient, steps, ½gᵀBg, column signs).  With ``budget`` 1 and no rescaling it is
-    the criterion and its gradient at theta (inf and 0 where not finite), so this one compiled function
-    serves a whole fit.  ``½gᵀBg`` (B the BFGS inverse-Hessian estimate) is what a Newton step could still
-    gain; ``signs · theta`` is the canonical theta (θ_ii >= 0, :func:`~jaxlmm.deviance.column_signs`) with
-    gradient ``signs · g``.
-    """
-    criterion = partial(profiled_deviance, cp=cp, structure=structure, reml=reml)
-    theta = jax.lax.cond(rescale, partial(best_scaled, criterion), lambda t: t, theta)
-    theta, B, _, f, g, steps, _, _ = bfgs_steps(jax.value_and_grad(criterion), theta, jnp.inf,
-                                                jnp.zeros_like(theta), precondition, 1.0, budget, scale, gtol=1e-8)
-    return theta, f, g, steps, 0.5 * g @ B @ g, column_signs(theta, structure)
-
-
-@partial(jax.jit, static_argnames=("structure", "reml"))
-def fitted_quantities(theta, cp: CrossProducts, structure: Structure, reml: bool) -> dict:
-    """Everything the fitted model reports that depends only on theta and the cross-products."""
-    f = factorize(theta, cp, structure)
-    beta = beta_hat(f)
-    sigma = sigma_hat(f, cp.n, reml)
-    return {
-        "criterion": criterion(f, cp.n, reml),
-        "beta": beta,
-        "sigma": sigma,
-        "vcov_unscaled": unscaled_vcov(f),
-        "ml_deviance": varpar_deviance(jnp.append(theta, sigma), cp, structure, False),
-        "modes": conditional_modes(theta, cp, structure, f, beta),
-    }
-
-
-@partial(jax.jit, static_argnames=("structure",))
-def random_effect_variances(theta, sigma, cp: CrossProducts, structure: Structure) -> list:
-    """``Var(b | y)`` per block (lme4's condVar), on its own: it costs a dense solve on large models."""
-    return conditional_variances(theta, cp, structure, factorize(theta, cp, structure), sigma)
+def criterion_and_gradient(theta, cp: CrossProducts, structure: Structure, reml: bool, scale: np.ndarray
+                           ) -> tuple[float, np.ndarray]:
+    """The profiled criterion and its gradient at theta (inf and 0 where not finite)."""
+    weights = profiled_weights(float(cp.n), cp.AXX.shape[0], reml, xp=np)
+    r = evaluate(theta, cp, structure, weights, scale)
+    return float(r.f), np.asarray(r.g)
 
 
 def theta_scale(design: Design) -> np.ndarray:
@@ -114,8 +72,7 @@ def term_covariances(design: Design, theta: np.ndarray, sigma: float) -> list[tu
     """(group name, column names, σ²ΛΛᵀ) per term in lme4's order; repeated groups named g, g.1, ..."""
     out, seen = [], {}
     for term in design.terms:
-        b = design.structure.blocks[term.block]
-        Lam = np.asarray(lambda_matrix(jnp.asarray(theta), b))[np.ix_(term.block_columns, term.block_columns)]
+        Lam = design.structure.blocks[term.block].lambda_of(theta)[np.ix_(term.block_columns, term.block_columns)]
         k = seen.get(term.group, 0)
         seen[term.group] = k + 1
         name = term.group if k == 0 else f"{term.group}.{k}"
@@ -125,27 +82,56 @@ def term_covariances(design: Design, theta: np.ndarray, sigma: float) -> list[tu
 
 # ---------------------------------------------------------------- the fitted model
 class LinearMixedModel:
-    """A linear mixed model fitted by ML or REML; the attributes mirror lme4's accessors."""
+    """A linear mixed model fitted by ML or REML; the attributes mirror lme4's accessors.
 
-    def __init__(self, design: Design, cp: CrossProducts, reml: bool, opt: OptSummary):
+    ``cp`` and ``structure`` are the cross-products padded to their shape bucket and the padded structure
+    (:mod:`jaxlmm.shapes`), which every compiled kernel sees; ``design`` keeps the real sizes and names.
+    """
+
+    def __init__(self, design: Design, cp: CrossProducts, structure: Structure, reml: bool, opt: OptSummary):
         self.design = design
         self.cp = cp
+        self.structure = structure
         self.reml = reml
         self.opt = opt
         self.formula = design.formula.text
-        q = jax.device_get(fitted_quantities(jnp.asarray(opt.theta), cp, design.structure, reml))
-        self._criterion = float(q["criterion"])
-        self._beta = np.asarray(q["beta"])
-        self._sigma = float(q["sigma"])
-        self._vcov_unscaled = np.asarray(q["vcov_unscaled"])
-        self._ml_deviance = float(q["ml_deviance"])
-        self._modes = [np.asarray(m) for m in q["modes"]]
+        parts = evaluate(opt.theta, cp, structure, profiled_weights(design.n, design.p, reml, xp=np),
+                         self.theta_scale, extras=True).parts
+        n, p = design.n, design.p
+        nu = n - p if reml else n
+        r2 = float(parts.r2)
+        self._criterion = float(parts.logdet_M + (parts.logdet_RX if reml else 0.0)
+                                + nu * (1.0 + LOG_2PI + math.log(r2 / nu)))
+        self._beta = np.asarray(parts.beta)
+        self._sigma = math.sqrt(r2 / nu)
+        self._vcov_unscaled = np.asarray(parts.vcov_unscaled)
+        self._ml_deviance = float(parts.logdet_M + n * (LOG_2PI + 2.0 * math.log(self._sigma)) + r2 / self._sigma**2)
+        self._modes = self._real_levels(parts.modes)
+
+    def _real_levels(self, per_block) -> list[np.ndarray]:
+        """Per-block arrays over the padded levels cut to the design's real levels."""
+        return [np.asarray(a)[: b.n_levels] for a, b in zip(per_block, self.design.structure.blocks)]
+
+    @functools.cached_property
+    def theta_scale(self) -> np.ndarray:
+        """The optimiser's scale of each theta entry (:func:`theta_scale`)."""
+        return theta_scale(self.design)
+
+    def criterion_and_gradient(self, theta: np.ndarray, reml: bool | None = None) -> tuple[float, np.ndarray]:
+        """The criterion (REML or ML; the fit's by default) and its exact gradient at theta."""
+        reml = self.reml if reml is None else reml
+        return criterion_and_gradient(theta, self.cp, self.structure, reml, self.theta_scale)
+
+    def criterion_hessian(self, theta: np.ndarray, reml: bool | None = None) -> np.ndarray:
+        """The criterion's Hessian at theta, by central differences of the exact gradient (2·len(theta)
+        gradients through the fit's own compiled kernel)."""
+        return difference_hessian(partial(self.criterion_and_gradient, reml=reml), np.asarray(theta, dtype=float),
+                                  self.theta_scale)
 
     @functools.cached_property
     def condvar(self) -> list[np.ndarray]:
         """``Var(b | y)`` per grouping factor, (levels, q, q) each; computed on first use."""
-        v = random_effect_variances(jnp.asarray(self.theta), self._sigma, self.cp, self.design.structure)
-        return [np.asarray(x) for x in v]
+        return self._real_levels(random_effect_variances(self.theta, self._sigma, self.cp, self.structure))
 
     # ----------------------------------------------------------- basic accessors
     @property
@@ -270,7 +256,7 @@ class LinearMixedModel:
     # ----------------------------------------------------------- tables (see tables.py, rsq.py)
     def refit_ml(self) -> LinearMixedModel:
         """The same model fitted by ML (lme4's ``refitML``)."""
-        return self if not self.reml else fit_design(self.design, reml=False, cp=self.cp)
+        return self if not self.reml else fit_design(self.design, reml=False, padded=(self.cp, self.structure))
 
     def coef_table(self) -> pd.DataFrame:
         """lmerTest's coefficient table with Satterthwaite df and p-values."""
@@ -352,34 +338,38 @@ def _check_nsim(nsim) -> None:
 
 
 # ---------------------------------------------------------------- the pipeline
-def fit_design(design: Design, reml: bool = True, cp: CrossProducts | None = None,
+def fit_design(design: Design, reml: bool = True, padded: tuple[CrossProducts, Structure] | None = None,
                max_iter: int = 2000) -> LinearMixedModel:
     """Optimise the criterion of an already built design and assemble the model.
 
-    A fit that stops before the projected gradient vanishes warns, as lme4's "Model failed to converge"
-    check does, with a :class:`ConvergenceWarning`, and has ``converged`` False (``opt.message`` says why).
+    The cross-products are padded to their shape bucket (:func:`~jaxlmm.shapes.pad_to_bucket`; ``padded``
+    gives them ready), so fits of designs of similar size share compiled kernels.  A fit that stops
+    before the projected gradient vanishes warns, as lme4's "Model failed to converge" check does, with a
+    :class:`ConvergenceWarning`, and has ``converged`` False (``opt.message`` says why).
     """
-    structure = design.structure
-    if cp is None:
-        cp = crossproducts(design.y, design.X, design.codes, design.Z, structure)
+    bound_executables()
+    if padded is None:
+        padded = pad_to_bucket(crossproducts(design.y, design.X, design.codes, design.Z, design.structure),
+                               design.structure)
+    cp, structure = padded
 
     scale = theta_scale(design)
-    scales = jnp.asarray(scale), jnp.asarray(theta_precondition(design, scale))
+    precondition = theta_precondition(design, scale)
+    weights = profiled_weights(design.n, design.p, reml, xp=np)
 
     def value_and_grad(theta):
-        _, f, g, _, _, _ = criterion_search(jnp.asarray(theta), 1, False, *scales, cp, structure, reml)
-        return float(f), np.asarray(g)
+        r = evaluate(theta, cp, structure, weights, scale)
+        return float(r.f), np.asarray(r.g)
 
     def search(theta, budget, rescale):
-        theta, f, g, steps, estimate, signs = jax.device_get(
-            criterion_search(jnp.asarray(theta), budget, rescale, *scales, cp, structure, reml))
-        return signs * theta, float(f), signs * g, int(steps), float(estimate)
+        r = criterion_search(theta, budget, rescale, scale, precondition, weights, False, cp, structure)
+        return r.signs * r.theta, float(r.f), r.signs * r.g, int(r.steps), float(r.decrement)
 
     opt = minimize_theta(value_and_grad, search, theta_start(structure) * scale, structure.lower, scale,
                          max_iter=max_iter)
     if not opt.converged:
         warnings.warn(f"Model failed to converge: {opt.message}", ConvergenceWarning, stacklevel=3)
-    return LinearMixedModel(design, cp, reml, opt)
+    return LinearMixedModel(design, cp, structure, reml, opt)
 
 
 def lmer(formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 2000) -> LinearMixedModel:

@@ -23,16 +23,17 @@ import numpy as np
 import pandas as pd
 import scipy.special
 
-from .batch import BatchFit, fit_products
+from .batch import CP_AXES, Y_FIELDS, BatchFit, fit_products
 from .bootstrap import simulated_products
 from .crossprod import crossproducts
 from .design import Design, build_design
 from .errors import DataError
 from .formula import ModelPart, parse_formula
 from .hosts import gather
-from .inference import satterthwaite_df
+from .inference import difference_points, satterthwaite_from_jets, varpar_jets_lanes
 from .model import LinearMixedModel
 from .optimize import OptSummary
+from .shapes import pad_response_products, pad_to_bucket
 
 TESTS = ("lrt", "pb", "satterthwaite")
 
@@ -59,10 +60,11 @@ def _theta_from_covariance(design: Design, covariance: dict[str, np.ndarray], si
 
 def specified_model(design: Design, beta, theta, sigma: float) -> LinearMixedModel:
     """A model with given (not fitted) parameters, for ``simulate`` and as the batch fits' warm start."""
-    cp = crossproducts(design.y, design.X, design.codes, design.Z, design.structure)
+    cp, structure = pad_to_bucket(crossproducts(design.y, design.X, design.codes, design.Z, design.structure),
+                                  design.structure)
     opt = OptSummary(np.asarray(theta, dtype=float), float("nan"), 0, 0, True, "specified, not fitted", 0.0,
                      optimizer="none")
-    model = LinearMixedModel(design, cp, False, opt)
+    model = LinearMixedModel(design, cp, structure, False, opt)
     model._beta, model._sigma = np.asarray(beta, dtype=float), float(sigma)
     return model
 
@@ -129,14 +131,13 @@ def _satterthwaite_p(truth: LinearMixedModel, term: str, nsim: int, seed, progre
     (products,) = simulated_products([truth], nsim, seed)
     fits: BatchFit = fit_products(truth, products, reml=True, progress=progress)
     k = design.fixef_names.index(term)
-    contrast = jnp.eye(design.p)[k:k + 1]
-    per_lane = jax.jit(jax.vmap(
-        lambda th, s, a1, a2, ax, yy: satterthwaite_df(
-            th, s, contrast, truth.cp._replace(A1y=a1, A2y=a2, AXy=ax, yy=yy), design.structure, True),
-    ))
-    df, var = per_lane(fits.theta, fits.sigma, *(jnp.asarray(products[f]) for f in ("A1y", "A2y", "AXy", "yy")))
-    t = fits.beta[:, k] / np.sqrt(np.asarray(var)[:, 0])
-    p_values = 2 * scipy.special.stdtr(np.asarray(df)[:, 0], -np.abs(t))
+    points, h = difference_points(fits.theta, fits.sigma, truth.theta_scale)
+    padded = pad_response_products(products, design.structure, truth.structure)
+    cp = truth.cp._replace(**{f: jnp.asarray(padded[f]) for f in Y_FIELDS})
+    gradients, vcov_unscaled = jax.device_get(varpar_jets_lanes(points, cp, truth.structure, True, CP_AXES))
+    df, var = satterthwaite_from_jets(gradients, vcov_unscaled, fits.sigma, h, np.eye(design.p)[k:k + 1])
+    t = fits.beta[:, k] / np.sqrt(var[:, 0])
+    p_values = 2 * scipy.special.stdtr(df[:, 0], -np.abs(t))
     return gather(p_values), gather(fits.converged)
 
 

@@ -50,6 +50,25 @@ def padded_sizes(cp: CrossProducts) -> tuple[int, int]:
     return bucket(cp.A21_val.shape[0]), bucket(cp.pair_val.shape[0])
 
 
+def _rest_remap(structure: Structure, target: Structure) -> np.ndarray:
+    """Position of each real rest column (blocks 2, 3, ...) among ``target``'s padded rest columns."""
+    old, new = block_offsets(structure), block_offsets(target)
+    pieces = [np.arange(o1, o2) - o1 + n1 for o1, o2, n1 in zip(old, old[1:], new)]
+    return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
+
+
+def pad_response_products(products: dict[str, np.ndarray], structure: Structure, target: Structure
+                          ) -> dict[str, np.ndarray]:
+    """The y-dependent products of a batch (``A1y`` (B, G, q), ``A2y`` (B, p₂), ``AXy``, ``yy``) padded
+    with empty levels to ``target``, as :func:`pad_crossproducts` pads one data set's."""
+    A1y, A2y = np.asarray(products["A1y"]), np.asarray(products["A2y"])
+    B, G = A1y.shape[0], target.blocks[0].n_levels
+    padded_A2y = np.zeros((B, block_offsets(target)[-1]))
+    padded_A2y[:, _rest_remap(structure, target)] = A2y
+    return {**products, "A1y": np.concatenate([A1y, np.zeros((B, G - A1y.shape[1], A1y.shape[2]))], axis=1),
+            "A2y": padded_A2y}
+
+
 def pad_crossproducts(cp: CrossProducts, structure: Structure, target: Structure, nnz: int, npairs: int
                       ) -> CrossProducts:
     """``cp`` padded with empty levels to ``target``'s level counts and to ``nnz``/``npairs`` sparse entries.
@@ -58,10 +77,8 @@ def pad_crossproducts(cp: CrossProducts, structure: Structure, target: Structure
     the first ``n_levels`` rows of the padded ones.
     """
     G = target.blocks[0].n_levels
-    old, new = block_offsets(structure), block_offsets(target)
-    remap = np.concatenate([np.arange(o1, o2) - o1 + n1 for o1, o2, n1 in zip(old, old[1:], new)]).astype(np.int64) \
-        if len(old) > 1 else np.zeros(0, dtype=np.int64)
-    p2, p2_new = old[-1], new[-1]
+    remap = _rest_remap(structure, target)
+    p2, p2_new = block_offsets(structure)[-1], block_offsets(target)[-1]
 
     def pad_first(a):
         a = np.asarray(a)

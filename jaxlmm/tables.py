@@ -13,7 +13,8 @@ from .inference import satterthwaite_df
 def coef_table(model) -> pd.DataFrame:
     """lmerTest's ``summary(m)$coefficients``: Estimate, Std. Error, df, t value, Pr(>|t|) (Satterthwaite)."""
     p = model.design.p
-    df, var = satterthwaite_df(model.theta, model.sigma, np.eye(p), model.cp, model.design.structure, model.reml)
+    df, var = satterthwaite_df(model.theta, model.sigma, np.eye(p), model.cp, model.structure, model.reml,
+                               model.theta_scale)
     est = model.fixef.values
     se = np.sqrt(np.asarray(var))
     t = est / se

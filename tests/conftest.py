@@ -6,10 +6,8 @@ import warnings
 from functools import cache
 from pathlib import Path
 
-import jax
 import numpy as np
 import pandas as pd
-import pytest
 
 os.environ["JAXLMM_CACHE_DIR"] = ""  # no persistent compilation cache in the test process (jaxlmm/cache.py)
 
@@ -47,23 +45,3 @@ def fitted(name: str) -> jaxlmm.LinearMixedModel:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return jaxlmm.lmer(fx["formula"], load_data(fx["data"]), reml=fx["REML"])
-
-
-@pytest.fixture(autouse=True)
-def release_compiled_code():
-    """Drop JAX's compiled executables when the process holds many memory mappings.
-
-    Each compiled XLA:CPU executable holds memory mappings; the whole suite compiles enough of them to
-    reach the kernel's limit of 65,530 mappings per process (vm.max_map_count), where jaxlib crashes.
-    """
-    yield
-    if _memory_mappings() > 30_000:
-        jax.clear_caches()
-
-
-def _memory_mappings() -> int:
-    try:
-        with open("/proc/self/maps") as maps:
-            return sum(1 for _ in maps)
-    except OSError:  # not Linux
-        return 0

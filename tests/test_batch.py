@@ -208,12 +208,12 @@ def test_lanes_per_call_follow_the_device_and_the_memory(slope_model):
     import jax
     import pandas as pd
 
-    from jaxlmm.batch import LANE_MEMORY, default_chunk_size
+    from jaxlmm.batch import LANE_MEMORY, LANES_PER_CPU_DEVICE, default_chunk_size
     from jaxlmm.design import build_design
     from jaxlmm.formula import parse_formula
 
     d = slope_model.design
-    assert default_chunk_size(d.structure, d.p) == 1000 * jax.local_device_count()  # CPU devices here
+    assert default_chunk_size(d.structure, d.p) == LANES_PER_CPU_DEVICE * jax.local_device_count()  # CPU here
     rng = np.random.default_rng(0)
     n = 12_000  # (1 | a) with 6,000 levels and (1 | b) with 3,000: a dense Schur block of 3,000²
     crossed = pd.DataFrame({"y": rng.normal(size=n), "a": rng.permutation(np.arange(n) % 6000),

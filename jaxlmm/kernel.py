@@ -1,0 +1,163 @@
+"""The compiled kernel of single fits: one executable per padded model shape serves a whole fit.
+
+:func:`criterion_search` runs up to ``budget`` BFGS steps on a :func:`~jaxlmm.deviance.weighted_criterion`
+and, on request, returns everything the fitted model reports at the final theta (:class:`FittedParts`).
+The weights make the same executable the profiled ML deviance, the REML criterion, or the deviance at a
+fixed σ whose gradients give the Satterthwaite derivatives (:mod:`jaxlmm.inference`); a budget of one
+step is the criterion and its gradient at theta.  Compiling takes seconds and a fit of a small model
+milliseconds, so a model and its tables (``summary``, ``tidy``, the ML refit of ``anova``) compile this
+one function per shape bucket, plus :func:`random_effect_variances` when conditional variances are asked.
+"""
+
+from __future__ import annotations
+
+import functools
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .crossprod import CrossProducts
+from .design import ReBlock, Structure
+from .deviance import beta_hat, column_signs, factorize, logdet_RX, unscaled_vcov, weighted_criterion
+from .modes import conditional_modes, conditional_variances
+from .optimize import best_scaled, bfgs_steps
+
+
+class FittedParts(NamedTuple):
+    """What the fitted model reports that depends only on theta and the cross-products."""
+
+    logdet_M: jnp.ndarray  # log|ΛᵀZᵀZΛ + I|
+    logdet_RX: jnp.ndarray  # log|R_X|²
+    r2: jnp.ndarray  # penalised residual sum of squares
+    beta: jnp.ndarray  # (p,)
+    vcov_unscaled: jnp.ndarray  # (p, p) (R_XᵀR_X)⁻¹
+    modes: tuple  # per block (padded levels, q): b = Λu
+
+
+class SearchResult(NamedTuple):
+    theta: jnp.ndarray  # where the search ended (columns not yet flipped)
+    f: jnp.ndarray  # the criterion there (inf where not finite)
+    g: jnp.ndarray  # its gradient
+    steps: jnp.ndarray  # BFGS steps taken (each one evaluation)
+    decrement: jnp.ndarray  # ½gᵀBg: what a Newton step could still gain (B the BFGS inverse Hessian)
+    signs: jnp.ndarray  # signs · theta is the canonical theta (θ_ii >= 0) with gradient signs · g
+    parts: FittedParts  # at theta, when asked for (zeros otherwise)
+
+
+def fitted_parts(theta: jnp.ndarray, cp: CrossProducts, structure: Structure) -> FittedParts:
+    f = factorize(theta, cp, structure)
+    p = f.LXY.shape[0] - 1
+    beta = beta_hat(f)
+    return FittedParts(f.logdet_M, logdet_RX(f), f.LXY[p, p] ** 2, beta, unscaled_vcov(f),
+                       tuple(conditional_modes(theta, cp, structure, f, beta)))
+
+
+@functools.cache
+def full_triangles(structure: Structure) -> tuple[Structure, np.ndarray]:
+    """``structure`` with every block's Λ a full lower triangle (the θ layout of ``(x | g)``), and the
+    position in it of each of ``structure``'s θ entries.  The kernel is compiled for this layout, with the
+    structural zeros masked, so that ``(1 | g) + (0 + x | g)``, ``(x || g)`` and ``(1 + x | g)`` share it."""
+    blocks, slots, offset = [], np.zeros(structure.n_theta, dtype=np.int64), 0
+    for b in structure.blocks:
+        index = [[-1] * b.q for _ in range(b.q)]
+        for c in range(b.q):
+            for r in range(c, b.q):
+                index[r][c] = offset
+                if b.theta_index[r][c] >= 0:
+                    slots[b.theta_index[r][c]] = offset
+                offset += 1
+        blocks.append(ReBlock(b.n_levels, b.q, tuple(map(tuple, index))))
+    return Structure(tuple(blocks), offset), slots
+
+
+def _search(theta, budget, rescale, scale, precondition, weights, extras, mask, cp: CrossProducts,
+            structure: Structure) -> SearchResult:
+    """The kernel on the full-triangle layout; ``mask`` is 0 on the structural zeros, which therefore have
+    a zero gradient and (with a zero ``precondition`` there) never move."""
+
+    def objective(t):
+        return weighted_criterion(factorize(t * mask, cp, structure), weights)
+
+    theta = jax.lax.cond(rescale, partial(best_scaled, objective), lambda t: t, theta)
+    theta, B, _, f, g, steps, _, _ = bfgs_steps(jax.value_and_grad(objective), theta, jnp.inf,
+                                                jnp.zeros_like(theta), precondition, 1.0, budget, scale, gtol=1e-8)
+    theta = theta * mask
+    parts = partial(fitted_parts, cp=cp, structure=structure)
+    shapes = jax.eval_shape(parts, theta)
+    no_parts = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    parts = jax.lax.cond(extras, parts, lambda t: no_parts, theta)
+    return SearchResult(theta, f, g, steps, 0.5 * g @ B @ g, column_signs(theta, structure), parts)
+
+
+FAST_COMPILE = {"xla_backend_optimization_level": 0}  # LLVM without optimisation: ~2x faster to compile
+SMALL_WORK = 1e6  # flops of one evaluation below which compiling costs more than any fit of the shape
+
+
+class SizedKernel:
+    """A kernel ``fn(..., cp, structure)`` jitted twice: without LLVM optimisation for small problems
+    (:func:`evaluation_work` below ``SMALL_WORK``: they run in milliseconds either way, and compile in about
+    half the time), fully optimised for large ones."""
+
+    def __init__(self, fn):
+        self.small = jax.jit(fn, static_argnames=("structure",), compiler_options=FAST_COMPILE)
+        self.large = jax.jit(fn, static_argnames=("structure",))
+
+    def __call__(self, *args):
+        cp, structure = args[-2:]
+        return (self.small if evaluation_work(cp, structure) < SMALL_WORK else self.large)(*args)
+
+
+def evaluation_work(cp: CrossProducts, structure: Structure) -> float:
+    """Rough flop count of one criterion evaluation: the per-level blocks, the dense Schur block, the
+    sparse pair terms."""
+    b1 = structure.blocks[0]
+    p1 = cp.AXX.shape[0] + 1
+    p2 = cp.A22.shape[0]
+    return (b1.n_levels * (b1.q**3 + 2 * b1.q**2 * p1) + p2**3 / 3 + 2 * p2**2 * p1
+            + 4 * cp.pair_val.shape[0] + 2 * cp.A21_val.shape[0] * p1)
+
+
+_search_kernel = SizedKernel(_search)
+
+
+def criterion_search(theta, budget: int, rescale: bool, scale, precondition, weights, extras: bool,
+                     cp: CrossProducts, structure: Structure) -> SearchResult:
+    """Up to ``budget`` BFGS steps on ``weighted_criterion(·, weights)`` (B from ``diag(precondition)``),
+    from theta or, with ``rescale``, from its best rescaling (:func:`~jaxlmm.optimize.best_scaled`), and
+    with ``extras`` the :class:`FittedParts` at the end, in one compiled call (a :class:`SizedKernel` on
+    the :func:`full_triangles` layout); returned on the host, in ``structure``'s θ layout."""
+    full, slots = full_triangles(structure)
+
+    def embed(v, fill):
+        out = np.full(full.n_theta, fill, dtype=float)
+        out[slots] = v
+        return out
+
+    r = jax.device_get(_search_kernel(embed(theta, 0.0), budget, rescale, embed(scale, 1.0), embed(precondition, 0.0),
+                                      np.asarray(weights, dtype=float), extras, embed(1.0, 0.0), cp, full))
+    return r._replace(theta=r.theta[slots], g=r.g[slots], signs=r.signs[slots])
+
+
+def evaluate(theta: np.ndarray, cp: CrossProducts, structure: Structure, weights, scale: np.ndarray,
+             extras: bool = False) -> SearchResult:
+    """The criterion, its gradient and (with ``extras``) the fitted parts at theta, on the host."""
+    return criterion_search(theta, 1, False, scale, scale, weights, extras, cp, structure)
+
+
+def _variances(theta, sigma, cp: CrossProducts, structure: Structure) -> list:
+    return conditional_variances(theta, cp, structure, factorize(theta, cp, structure), sigma)
+
+
+_variances_kernel = SizedKernel(_variances)
+
+
+def random_effect_variances(theta, sigma: float, cp: CrossProducts, structure: Structure) -> list[np.ndarray]:
+    """``Var(b | y)`` per block (lme4's condVar; padded levels), on its own: it costs a dense solve on
+    large models.  Compiled on the :func:`full_triangles` layout, as :func:`criterion_search`."""
+    full, slots = full_triangles(structure)
+    theta_full = np.zeros(full.n_theta)
+    theta_full[slots] = theta
+    return jax.device_get(_variances_kernel(theta_full, float(sigma), cp, full))
