@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -20,7 +19,6 @@ import scipy.special
 from .batch import Y_FIELDS, BatchFit, fit_products
 from .compare import same_observations
 from .crossprod import response_products, sparse_Z
-from .deviance import lambda_matrix
 from .errors import ModelComparisonError
 from .hosts import process_share
 from .model import term_covariances
@@ -34,8 +32,7 @@ def simulate_blocks(model, nsim: int, seed: int | None = None):
     rng = np.random.default_rng(seed)
     d = model.design
     mean = d.X @ model.fixef.values
-    theta = jnp.asarray(model.theta)
-    Zs = [(sparse_Z(codes, Z, b.n_levels), np.asarray(lambda_matrix(theta, b)), b)
+    Zs = [(sparse_Z(codes, Z, b.n_levels), b.lambda_of(model.theta), b)
           for b, Z, codes in zip(d.structure.blocks, d.Z, d.codes)]
     for first in range(0, nsim, SIMULATION_BLOCK):
         size = min(SIMULATION_BLOCK, nsim - first)
@@ -101,7 +98,6 @@ def direct_products(models, nsim: int, seed: int | None = None) -> list[dict[str
     R = V[:, keep] * np.sqrt(e[keep])
     rank = int(keep.sum())
     bounds = np.cumsum([0] + [p.shape[1] for p in pieces])
-    theta = jnp.asarray(gen.theta)
     d0 = gen.design
     rng = np.random.default_rng(seed)
     parts: list[dict[str, list]] = [{f: [] for f in Y_FIELDS} for _ in models]
@@ -110,7 +106,7 @@ def direct_products(models, nsim: int, seed: int | None = None) -> list[dict[str
         c = np.zeros((K.shape[1], size))
         for j, b in enumerate(d0.structure.blocks):  # the generating model's pieces come first
             u = rng.standard_normal((size, b.n_levels, b.q))
-            Lam = np.asarray(lambda_matrix(theta, b))
+            Lam = b.lambda_of(gen.theta)
             c[bounds[j]:bounds[j + 1]] = (gen.sigma * u @ Lam.T).reshape(size, -1).T
         x_piece = len(d0.structure.blocks)
         c[bounds[x_piece]:bounds[x_piece + 1]] = gen.fixef.values[:, None]

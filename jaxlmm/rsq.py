@@ -10,18 +10,14 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
-
-from .deviance import lambda_matrix
 
 
 def rsq_lmm(model) -> dict[str, float]:
     d = model.design
-    theta = jnp.asarray(model.theta)
     tau2 = np.zeros(d.n)
     for b, Z in zip(d.structure.blocks, d.Z):
-        ZL = Z @ np.asarray(lambda_matrix(theta, b))
+        ZL = Z @ b.lambda_of(model.theta)
         tau2 += np.sum(ZL**2, axis=1)
     r = 1.0 / (1.0 + tau2)
     e = d.y - d.X @ model.fixef.values
