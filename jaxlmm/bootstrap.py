@@ -21,8 +21,6 @@ from .compare import same_observations
 from .crossprod import response_products, sparse_Z
 from .errors import ModelComparisonError
 from .hosts import process_share
-from .model import term_covariances
-from .tables import ran_pars
 
 SIMULATION_BLOCK = 10_000  # responses drawn per block: bounds memory for any nsim
 
@@ -134,11 +132,22 @@ def bootstrap(model, nsim: int = 1000, seed: int | None = None, progress: bool |
 
 
 def bootstrap_table(model, fits: BatchFit) -> pd.DataFrame:
-    """Per replicate: fixed effects, the sds/correlations named as ``tidy``'s ran_pars rows, and sigma."""
+    """Per replicate: fixed effects, the sds/correlations named as ``tidy``'s ran_pars rows, and sigma
+    (vectorised over the replicates: Λ of every fit at once)."""
     rows = {name: fits.beta[:, j] for j, name in enumerate(fits.fixef_names)}
-    per_fit = [ran_pars(term_covariances(model.design, th, s), s) for th, s in zip(fits.theta, fits.sigma)]
-    for k, (group, term, _) in enumerate(per_fit[0]):
-        rows[f"{group}:{term}"] = np.array([r[k][2] for r in per_fit])
+    sigma = fits.sigma[:, None, None]
+    for (group, columns, _), term in zip(model.term_covariances(), model.design.terms):
+        cols = np.array(term.block_columns)
+        Lam = model.design.structure.blocks[term.block].lambda_of(fits.theta)[:, cols[:, None], cols[None, :]]
+        S = sigma**2 * Lam @ np.swapaxes(Lam, -1, -2)
+        sd = np.sqrt(np.diagonal(S, axis1=1, axis2=2))
+        for i, c in enumerate(columns):
+            rows[f"{group}:sd__{c}"] = sd[:, i]
+            for j in range(i + 1, len(columns)):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    cor = S[:, i, j] / (sd[:, i] * sd[:, j])
+                rows[f"{group}:cor__{c}.{columns[j]}"] = np.where(sd[:, i] * sd[:, j] > 0, cor, np.nan)
+    rows["Residual:sd__Observation"] = fits.sigma
     return pd.DataFrame(rows)
 
 

@@ -91,6 +91,7 @@ def test_fit_batch_needs_one_source():
         jaxlmm.fit_batch("y ~ x + (1 | Group)")
 
 
+@pytest.mark.slow
 def test_lanes_split_over_four_cpu_devices_give_the_same_fits(tmp_path):
     """The batch axis sharded over 4 forced host devices reproduces the single-device fits."""
     import os
@@ -141,6 +142,7 @@ def test_pbtest_reference_same_law_both_simulations():
     assert scipy.stats.ks_2samp(a.reference, b.reference).pvalue > 1e-3
 
 
+@pytest.mark.slow
 def test_two_processes_under_jax_distributed_share_and_gather(tmp_path):
     """jax.distributed on two local CPU processes: each fits half the simulations, both return all of them."""
     import os

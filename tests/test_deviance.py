@@ -69,7 +69,7 @@ def dense_criterion(design, reml: bool):
 
 
 @pytest.mark.parametrize("formula", FORMULAS)
-@pytest.mark.parametrize("reml", [False, True])
+@pytest.mark.parametrize("reml", [pytest.param(False, marks=pytest.mark.slow), True])  # the ML term is a subset
 def test_blocked_criterion_and_derivatives_equal_the_dense_formula(formula, reml):
     design = build_design(parse_formula(formula), crossed_data())
     cp = crossproducts(design.y, design.X, design.codes, design.Z, design.structure)

@@ -19,6 +19,7 @@ FOLDER = Path(__file__).parent / "fixtures" / "random"
 CASES = json.loads((FOLDER / "lme4_best.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[f"{c['data']}-{c['formula']}-{'REML' if c['reml'] else 'ML'}"
                                               for c in CASES])
 def test_reaches_lme4s_best_optimum(case):
