@@ -86,11 +86,14 @@ suppressPackageStartupMessages(library(lmerTest))
 a <- commandArgs(TRUE)
 d <- read.csv(a[1], colClasses = c(g = "character"))
 sets <- split(d, d$id)
-t <- system.time(for (s in sets) {
-  m <- suppressMessages(suppressWarnings(lmer(y ~ x + (1 + x | g), s, REML = TRUE)))
+cum <- numeric(length(sets)); t0 <- proc.time()[["elapsed"]]
+for (i in seq_along(sets)) {
+  m <- suppressMessages(suppressWarnings(lmer(y ~ x + (1 + x | g), sets[[i]], REML = TRUE)))
   co <- summary(m)$coefficients
-})[["elapsed"]]
-cat(sprintf('{"loop_s": %.6f, "fits": %d}\n', t, length(sets)))
+  cum[i] <- proc.time()[["elapsed"]] - t0
+}
+cat(sprintf('{"loop_s": %.6f, "fits": %d, "cum_s": [%s]}\n', cum[length(cum)], length(sets),
+            paste(sprintf("%.4f", cum), collapse = ",")))
 """
 
 MANY_JAXLMM = PRELUDE + r"""
@@ -175,7 +178,7 @@ def run_child(cmd: list[str], env: dict | None = None, timeout: float = 3600, la
     with tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-        result, fits_done, last_el = None, 0, None
+        result, fits_done, last_el, last_progress = None, 0, None, None
         try:
             for line in proc.stdout:
                 line = line.rstrip("\n")
@@ -183,6 +186,7 @@ def run_child(cmd: list[str], env: dict | None = None, timeout: float = 3600, la
                     _, n, el = line.split()
                     fits_done, last_el = int(n), float(el)
                 elif line.startswith("PROGRESS "):
+                    last_progress = line[9:]
                     print(f"    [{label}] {line[9:]}", flush=True)
                 elif line.startswith("{"):
                     result = json.loads(line)
@@ -196,7 +200,8 @@ def run_child(cmd: list[str], env: dict | None = None, timeout: float = 3600, la
     out = dict(result or {})
     out.update(returncode=proc.returncode, process_s=wall)
     if result is None:
-        out.update(fits_done=fits_done, elapsed_at_last_fit_s=last_el, stderr_tail=stderr.strip()[-600:])
+        out.update(fits_done=fits_done, elapsed_at_last_fit_s=last_el, last_progress=last_progress,
+                   stderr_tail=stderr.strip()[-600:])
         print(f"    [{label}] FAILED: exit status {proc.returncode} after {fits_done} fits; stderr tail:\n"
               + "\n".join("      " + ln for ln in stderr.strip().splitlines()[-6:]), flush=True)
     return out
@@ -302,8 +307,11 @@ def bench_shapes(args, tmp: Path, tools: dict) -> dict:
         loop = r.get("loop_s")
         bar = {"jaxlmm empty cache": "<= 1.5x", "jaxlmm warm cache": "<= 0.5x"}.get(key, "")
         if loop is None:
+            el, cum = r.get("elapsed_at_last_fit_s"), res.get("lme4", {}).get("cum_s")
+            same = f"; lme4's first {done} fits took {cum[done - 1]:.2f} s: {el / cum[done - 1]:.1f}x" if (
+                el and cum and 0 < done <= len(cum)) else ""
             print(f"  {key:20s} {'died':>9s} {'':8s} {done:>5}/{args.n_shapes} exit {r['returncode']} at "
-                  f"{r.get('elapsed_at_last_fit_s') or 0:.1f} s   {bar}")
+                  f"{el or 0:.1f} s{same}   {bar}")
             continue
         peak = f"{r['peak_mib']:.0f}" if r.get("peak_mib") else ""
         print(f"  {key:20s} {loop:9.2f} {ratio(loop, base) if key != 'lme4' else '':>8s} {done:>9} "
@@ -414,7 +422,9 @@ def bars(res: dict) -> list[tuple[str, str, str, bool | None]]:
         if r is None:
             continue
         if r.get("loop_s") is None:
-            out.append((f"shapes, {key} / lme4", f"died at {r.get('fits_done')}", f"<= {limit}x", False))
+            done, el, cum = r.get("fits_done") or 0, r.get("elapsed_at_last_fit_s"), shapes.get("lme4", {}).get("cum_s")
+            part = f", {el / cum[done - 1]:.1f}x" if el and cum and 0 < done <= len(cum) else ""
+            out.append((f"shapes, {key} / lme4", f"died at {done}{part}", f"<= {limit}x", False))
         elif base:
             out.append((f"shapes, {key} / lme4", f"{r['loop_s'] / base:.2f}x", f"<= {limit}x", r["loop_s"] / base <= limit))
     walk = res.get("walkthrough", {})
