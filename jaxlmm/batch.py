@@ -51,7 +51,7 @@ def _estimates_lanes(theta, cp: CrossProducts, structure: Structure, reml, cp_ax
     """Canonical theta, β̂ and σ̂ per lane at the final theta."""
     def one(t, c):
         fac = factorize(t, c, structure)
-        return canonical_theta(t, structure), beta_hat(fac), sigma_hat(fac, c.n, reml)
+        return canonical_theta(t, structure), beta_hat(fac), sigma_hat(fac, c, reml)
 
     return jax.vmap(one, in_axes=(0, cp_axes))(theta, cp)
 
@@ -249,7 +249,7 @@ def fit_products(model, products: dict[str, np.ndarray], reml: bool | None = Non
     B = products["yy"].shape[0]
     scale = model.theta_scale
     start = warm_start(model.theta, d.structure, scale)
-    products = pad_response_products(products, d.structure, model.structure)
+    products = pad_response_products(products, d.structure, model.structure, model.cp.AXX.shape[0])
 
     def lane_cp(lanes):
         return model.cp._replace(**{k: jnp.asarray(v[lanes]) for k, v in products.items()})
@@ -257,7 +257,7 @@ def fit_products(model, products: dict[str, np.ndarray], reml: bool | None = Non
     theta, beta, sigma, crit, ok, steps = run_lanes(
         lane_cp, np.tile(start, (B, 1)), np.tile(start_inverse_hessian(model, start, reml), (B, 1, 1)),
         np.tile(scale, (B, 1)), model.structure, reml, CP_AXES, chunk_size, progress=progress)
-    return BatchFit(theta, beta, sigma, crit, ok, steps, list(d.fixef_names), reml)
+    return BatchFit(theta, beta[:, : d.p], sigma, crit, ok, steps, list(d.fixef_names), reml)
 
 
 def fit_batch(formula: str, data: pd.DataFrame | None = None, responses: np.ndarray | None = None,

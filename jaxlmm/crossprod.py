@@ -37,6 +37,7 @@ class CrossProducts(NamedTuple):
     pair_w: jnp.ndarray  # (npairs,) flat index j*q*q + r*q + s into W
     pair_val: jnp.ndarray  # (npairs,)
     n: jnp.ndarray  # () number of observations (a float, so masked data sets can batch)
+    p: jnp.ndarray  # () number of fixed effects (a float: X may be padded with inert columns, see shapes.py)
 
 
 def block_offsets(structure: Structure) -> list[int]:
@@ -98,7 +99,7 @@ def crossproducts(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], Z: list
         *(np.asarray(a, dtype=np.float64) for a in (A11, A1X, A1y, X.T @ X, AXy, yy, A22, A2X, A2y)),
         row.astype(np.int32), col.astype(np.int32), np.asarray(val, dtype=np.float64),
         pair_out.astype(np.int32), pair_w.astype(np.int32), np.asarray(pair_val, dtype=np.float64),
-        np.asarray(float(n)),
+        np.asarray(float(n)), np.asarray(float(p)),
     )
 
 

@@ -218,20 +218,20 @@ def logdet_RX(f: Factor) -> jnp.ndarray:
     return 2.0 * jnp.sum(jnp.log(jnp.diagonal(f.LXY)[:p]))
 
 
-def residual_df(n, p: int, reml, xp=jnp):
+def residual_df(n, p, reml, xp=jnp):
     """``n − p`` for REML, ``n`` for ML; ``reml`` may be traced (one compiled kernel serves both).
     ``xp=np`` computes it on the host (no JAX dispatch)."""
     return xp.where(reml, n - p, n)
 
 
-def profiled_weights(n, p: int, reml, xp=jnp):
+def profiled_weights(n, p, reml, xp=jnp):
     """The :func:`weighted_criterion` weights of the profiled ML deviance or REML criterion (eqs. 34, 41):
     ``ν log r² + ν (1 + log 2π − log ν)``, ν = n (ML) or n − p (REML); ``reml`` may be traced."""
     nu = residual_df(n, p, reml, xp)
     return xp.stack([xp.asarray(reml, dtype=float), nu, 0.0 * nu, nu * (1.0 + LOG_2PI - xp.log(nu))])
 
 
-def varpar_weights(n, p: int, reml, sigma, xp=jnp):
+def varpar_weights(n, p, reml, sigma, xp=jnp):
     """The :func:`weighted_criterion` weights of the deviance at a given σ (β profiled, σ not; lmerTest's
     ``devfun_vp``): ``r²/σ² + ν log(2πσ²)``."""
     nu = residual_df(n, p, reml, xp)
@@ -250,24 +250,25 @@ def weighted_criterion(f: Factor, weights: jnp.ndarray) -> jnp.ndarray:
     return (f.logdet_M + weights[0] * logdet_RX(f) + weights[1] * jnp.log(r2) + weights[2] * r2 + weights[3])
 
 
-def criterion(f: Factor, n: jnp.ndarray, reml) -> jnp.ndarray:
+def criterion(f: Factor, cp: CrossProducts, reml) -> jnp.ndarray:
     """-2 log-likelihood (ML) or the REML criterion from the factor (Bates et al. 2015, eqs. 34, 41).
 
     ``reml`` may be a traced boolean: both criteria come from the same factor at almost no extra cost.
+    The counts n and p come from the cross-products (data, so padded shapes keep the real counts).
     """
-    return weighted_criterion(f, profiled_weights(n, f.LXY.shape[0] - 1, reml))
+    return weighted_criterion(f, profiled_weights(cp.n, cp.p, reml))
 
 
 def profiled_deviance(theta: jnp.ndarray, cp: CrossProducts, structure: Structure, reml) -> jnp.ndarray:
     """θ ↦ profiled ML deviance or REML criterion (NaN where the factor does not exist)."""
-    return criterion(factorize(theta, cp, structure), cp.n, reml)
+    return criterion(factorize(theta, cp, structure), cp, reml)
 
 
 def varpar_deviance(varpar: jnp.ndarray, cp: CrossProducts, structure: Structure, reml) -> jnp.ndarray:
     """The deviance at (θ, σ) with β profiled out but σ not (lmerTest's ``devfun_vp``)."""
     theta, sigma = varpar[:-1], varpar[-1]
     f = factorize(theta, cp, structure)
-    return weighted_criterion(f, varpar_weights(cp.n, f.LXY.shape[0] - 1, reml, sigma))
+    return weighted_criterion(f, varpar_weights(cp.n, cp.p, reml, sigma))
 
 
 def beta_hat(f: Factor) -> jnp.ndarray:
@@ -276,9 +277,9 @@ def beta_hat(f: Factor) -> jnp.ndarray:
     return jax.scipy.linalg.solve_triangular(f.LXY[:p, :p].T, f.LXY[p, :p], lower=False)
 
 
-def sigma_hat(f: Factor, n: jnp.ndarray, reml) -> jnp.ndarray:
-    p = f.LXY.shape[0] - 1
-    return jnp.abs(f.LXY[p, p]) / jnp.sqrt(residual_df(n, p, reml))
+def sigma_hat(f: Factor, cp: CrossProducts, reml) -> jnp.ndarray:
+    """σ̂ = r / √ν (ν = n − p for REML, n for ML)."""
+    return jnp.abs(f.LXY[-1, -1]) / jnp.sqrt(residual_df(cp.n, cp.p, reml))
 
 
 def unscaled_vcov(f: Factor) -> jnp.ndarray:

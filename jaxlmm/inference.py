@@ -56,7 +56,8 @@ def satterthwaite_from_jets(gradients: np.ndarray, vcov_unscaled: np.ndarray, si
                             contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """df and ``v = lᵀVl`` for each row l of ``contrasts`` (c, p), from :func:`varpar_jets` at the
     :func:`difference_points`; leading axes batch (lanes)."""
-    k = h.shape[-1]
+    k, p = h.shape[-1], contrasts.shape[-1]
+    vcov_unscaled = vcov_unscaled[..., :p, :p]  # the real fixed effects (padded columns are inert)
     plus, minus = gradients[..., :k, :], gradients[..., k:, :]
     H = np.swapaxes((plus - minus) / (2.0 * h[..., :, None]), -1, -2)  # column i: ∂g/∂ψᵢ
     H = 0.5 * (H + np.swapaxes(H, -1, -2))
@@ -76,7 +77,7 @@ def satterthwaite_df(theta, sigma, contrasts, cp: CrossProducts, structure: Stru
                      theta_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Denominator df for each row ``l`` of ``contrasts`` (c, p), and ``v = lᵀVl``, for one fit."""
     bound_executables()
-    n, p = float(cp.n), cp.AXX.shape[0]
+    n, p = float(cp.n), int(cp.p)
     nu = n - p if reml else n
     points, h = difference_points(np.asarray(theta, dtype=float), float(sigma), theta_scale)
     gradients, vcov_unscaled = [], []

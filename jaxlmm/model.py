@@ -37,7 +37,7 @@ class ConvergenceWarning(UserWarning):
 def criterion_and_gradient(theta, cp: CrossProducts, structure: Structure, reml: bool, scale: np.ndarray
                            ) -> tuple[float, np.ndarray]:
     """The profiled criterion and its gradient at theta (inf and 0 where not finite)."""
-    weights = profiled_weights(float(cp.n), cp.AXX.shape[0], reml, xp=np)
+    weights = profiled_weights(float(cp.n), float(cp.p), reml, xp=np)
     r = evaluate(theta, cp, structure, weights, scale)
     return float(r.f), np.asarray(r.g)
 
@@ -102,9 +102,9 @@ class LinearMixedModel:
         r2 = float(parts.r2)
         self._criterion = float(parts.logdet_M + (parts.logdet_RX if reml else 0.0)
                                 + nu * (1.0 + LOG_2PI + math.log(r2 / nu)))
-        self._beta = np.asarray(parts.beta)
+        self._beta = np.asarray(parts.beta)[:p]  # the leading block: the rest are inert padded columns
         self._sigma = math.sqrt(r2 / nu)
-        self._vcov_unscaled = np.asarray(parts.vcov_unscaled)
+        self._vcov_unscaled = np.asarray(parts.vcov_unscaled)[:p, :p]
         self._ml_deviance = float(parts.logdet_M + n * (LOG_2PI + 2.0 * math.log(self._sigma)) + r2 / self._sigma**2)
         self._modes = self._real_levels(parts.modes)
 

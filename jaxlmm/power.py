@@ -132,7 +132,7 @@ def _satterthwaite_p(truth: LinearMixedModel, term: str, nsim: int, seed, progre
     fits: BatchFit = fit_products(truth, products, reml=True, progress=progress)
     k = design.fixef_names.index(term)
     points, h = difference_points(fits.theta, fits.sigma, truth.theta_scale)
-    padded = pad_response_products(products, design.structure, truth.structure)
+    padded = pad_response_products(products, design.structure, truth.structure, truth.cp.AXX.shape[0])
     cp = truth.cp._replace(**{f: jnp.asarray(padded[f]) for f in Y_FIELDS})
     gradients, vcov_unscaled = jax.device_get(varpar_jets_lanes(points, cp, truth.structure, True, CP_AXES))
     df, var = satterthwaite_from_jets(gradients, vcov_unscaled, fits.sigma, h, np.eye(design.p)[k:k + 1])

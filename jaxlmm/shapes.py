@@ -7,7 +7,11 @@ therefore rounded up to a bucket grid and the cross-products padded:
 * *empty levels* (zero rows of Z) in any block: an empty level adds ``M_j = I`` to the blocked factor,
   so it changes neither ``log|M|`` nor the Schur complement, and the criterion is unchanged exactly;
 * *zero sparse entries* in the ``Z₂ᵀZ₁`` and pair lists (coefficient 0, pair indices kept sorted);
-* the number of observations travels as data (``CrossProducts.n``).
+* *inert fixed-effect columns*: a padded column of X is orthogonal to everything and of unit norm
+  (``XᵀX`` gets a 1 on its diagonal, every other product a 0), so the Schur complement gains an identity
+  block: ``log|R_X|²`` and r² are unchanged, its coefficient is 0, and ``(R_XᵀR_X)⁻¹`` holds the real one
+  in its leading block;
+* the numbers of observations and of real fixed effects travel as data (``CrossProducts.n``, ``.p``).
 
 The grid is powers of two up to ``FINE_FROM`` and ``STEPS_PER_OCTAVE`` sizes per octave beyond: small
 problems share few executables (compiling costs far more than padding them), large ones pay at most
@@ -45,9 +49,10 @@ def padded_structure(structure: Structure) -> Structure:
     return Structure(blocks, structure.n_theta)
 
 
-def padded_sizes(cp: CrossProducts) -> tuple[int, int]:
-    """Bucketed lengths of the ``Z₂ᵀZ₁`` entry list and of the pair list."""
-    return bucket(cp.A21_val.shape[0]), bucket(cp.pair_val.shape[0])
+def padded_sizes(cp: CrossProducts) -> tuple[int, int, int]:
+    """Bucketed lengths of the ``Z₂ᵀZ₁`` entry list and of the pair list, and the bucketed number of
+    fixed-effect columns."""
+    return bucket(cp.A21_val.shape[0]), bucket(cp.pair_val.shape[0]), bucket(cp.AXX.shape[0])
 
 
 def _rest_remap(structure: Structure, target: Structure) -> np.ndarray:
@@ -57,21 +62,22 @@ def _rest_remap(structure: Structure, target: Structure) -> np.ndarray:
     return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
 
 
-def pad_response_products(products: dict[str, np.ndarray], structure: Structure, target: Structure
+def pad_response_products(products: dict[str, np.ndarray], structure: Structure, target: Structure, p: int
                           ) -> dict[str, np.ndarray]:
-    """The y-dependent products of a batch (``A1y`` (B, G, q), ``A2y`` (B, p₂), ``AXy``, ``yy``) padded
-    with empty levels to ``target``, as :func:`pad_crossproducts` pads one data set's."""
-    A1y, A2y = np.asarray(products["A1y"]), np.asarray(products["A2y"])
+    """The y-dependent products of a batch (``A1y`` (B, G, q), ``A2y`` (B, p₂), ``AXy`` (B, p), ``yy``)
+    padded to ``target`` and ``p`` fixed-effect columns, as :func:`pad_crossproducts` pads one data set's."""
+    A1y, A2y, AXy = (np.asarray(products[k]) for k in ("A1y", "A2y", "AXy"))
     B, G = A1y.shape[0], target.blocks[0].n_levels
     padded_A2y = np.zeros((B, block_offsets(target)[-1]))
     padded_A2y[:, _rest_remap(structure, target)] = A2y
     return {**products, "A1y": np.concatenate([A1y, np.zeros((B, G - A1y.shape[1], A1y.shape[2]))], axis=1),
-            "A2y": padded_A2y}
+            "A2y": padded_A2y, "AXy": np.concatenate([AXy, np.zeros((B, p - AXy.shape[1]))], axis=1)}
 
 
-def pad_crossproducts(cp: CrossProducts, structure: Structure, target: Structure, nnz: int, npairs: int
+def pad_crossproducts(cp: CrossProducts, structure: Structure, target: Structure, nnz: int, npairs: int, p: int
                       ) -> CrossProducts:
-    """``cp`` padded with empty levels to ``target``'s level counts and to ``nnz``/``npairs`` sparse entries.
+    """``cp`` padded with empty levels to ``target``'s level counts, to ``nnz``/``npairs`` sparse entries
+    and to ``p`` fixed-effect columns (inert ones after the real ones).
 
     Each block's real levels keep their positions at the start of the block, so estimates per level are
     the first ``n_levels`` rows of the padded ones.
@@ -90,6 +96,10 @@ def pad_crossproducts(cp: CrossProducts, structure: Structure, target: Structure
         out[np.ix_(remap, remap) if square else remap] = a
         return out
 
+    def pad_columns(a):
+        a = np.asarray(a)
+        return np.concatenate([a, np.zeros(a.shape[:-1] + (p - a.shape[-1],))], axis=-1)
+
     def pad_sparse(a, length, fill=0):
         a = np.asarray(a)
         return np.concatenate([a, np.full(length - a.shape[0], fill, dtype=a.dtype)])
@@ -99,12 +109,16 @@ def pad_crossproducts(cp: CrossProducts, structure: Structure, target: Structure
     if p2:
         out_idx = remap[out_idx // p2] * p2_new + remap[out_idx % p2]
     last_out = out_idx[-1] if out_idx.size else 0  # padding repeats the last index: the list stays sorted
+    p_real = cp.AXX.shape[0]
+    AXX = np.eye(p)
+    AXX[:p_real, :p_real] = cp.AXX
     return CrossProducts(
-        A11=pad_first(cp.A11), A1X=pad_first(cp.A1X), A1y=pad_first(cp.A1y), AXX=np.asarray(cp.AXX),
-        AXy=np.asarray(cp.AXy), yy=np.asarray(cp.yy), A22=pad_rest(cp.A22, square=True), A2X=pad_rest(cp.A2X),
-        A2y=pad_rest(cp.A2y), A21_row=pad_sparse(row, nnz), A21_col=pad_sparse(cp.A21_col, nnz),
-        A21_val=pad_sparse(cp.A21_val, nnz), pair_out=pad_sparse(out_idx, npairs, last_out),
-        pair_w=pad_sparse(cp.pair_w, npairs), pair_val=pad_sparse(cp.pair_val, npairs), n=np.asarray(cp.n),
+        A11=pad_first(cp.A11), A1X=pad_columns(pad_first(cp.A1X)), A1y=pad_first(cp.A1y), AXX=AXX,
+        AXy=pad_columns(cp.AXy), yy=np.asarray(cp.yy), A22=pad_rest(cp.A22, square=True),
+        A2X=pad_columns(pad_rest(cp.A2X)), A2y=pad_rest(cp.A2y), A21_row=pad_sparse(row, nnz),
+        A21_col=pad_sparse(cp.A21_col, nnz), A21_val=pad_sparse(cp.A21_val, nnz),
+        pair_out=pad_sparse(out_idx, npairs, last_out), pair_w=pad_sparse(cp.pair_w, npairs),
+        pair_val=pad_sparse(cp.pair_val, npairs), n=np.asarray(cp.n), p=np.asarray(cp.p),
     )
 
 

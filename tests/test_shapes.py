@@ -35,20 +35,21 @@ def _groups(G: int, rows: int, seed: int, crossed: bool = False) -> pd.DataFrame
     rng = np.random.default_rng(seed)
     g = np.repeat(np.arange(G), rows)
     x = rng.uniform(0, 5, g.size)
-    data = {"g": g, "x": x, "y": 1 + 0.5 * x + rng.normal(size=G)[g] + rng.normal(size=g.size)}
+    data = {"g": g, "x": x, "z": rng.normal(size=g.size), "y": 1 + 0.5 * x + rng.normal(size=G)[g] + rng.normal(size=g.size)}
     if crossed:
         data["h"] = rng.integers(0, 5, g.size)
         data["y"] = data["y"] + rng.normal(size=5)[data["h"]]
     return pd.DataFrame(data)
 
 
-@pytest.mark.parametrize("formula, crossed", [("y ~ x + (1 + x | g)", False), ("y ~ x + (1 | g) + (1 + x | h)", True)])
+@pytest.mark.parametrize("formula, crossed", [("y ~ x + z + (1 + x | g)", False), ("y ~ x + (1 | g) + (1 + x | h)", True)])
 @pytest.mark.parametrize("reml", [False, True])
 def test_padding_leaves_the_criterion_unchanged(formula, crossed, reml):
     design = build_design(parse_formula(formula), _groups(11, 4, 1, crossed))
     cp = crossproducts(design.y, design.X, design.codes, design.Z, design.structure)
     padded, structure = pad_to_bucket(cp, design.structure)
     assert structure.blocks[0].n_levels > design.structure.blocks[0].n_levels
+    assert padded.AXX.shape[0] == 4 if design.p == 3 else padded.AXX.shape[0] == design.p  # inert X columns
     assert padded.pair_val.shape[0] >= cp.pair_val.shape[0] and np.all(np.diff(padded.pair_out) >= 0)
     rng = np.random.default_rng(2)
     for _ in range(3):
