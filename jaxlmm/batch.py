@@ -23,22 +23,24 @@ from .cache import bound_executables
 from .crossprod import CrossProducts, response_products
 from .design import Structure
 from .deviance import beta_hat, canonical_theta, factorize, profiled_deviance, sigma_hat
-from .optimize import bfgs_steps, positive_inverse
+from .optimize import BatchControl, BFGSState, bfgs_steps, positive_inverse, small_gradient
 from .shapes import pad_response_products
 
 Y_FIELDS = ("A1y", "A2y", "AXy", "yy")
 CP_AXES = CrossProducts(*(0 if f in Y_FIELDS else None for f in CrossProducts._fields))
 
 
-@partial(jax.jit, static_argnames=("structure", "cp_axes"))
-def _bfgs_lanes(theta, f, g, inv_hessian, step_length, budget, scale, cp: CrossProducts, structure: Structure,
-                reml, cp_axes: CrossProducts):
-    def lane(t, f, g, b, s, sc, c):
+@partial(jax.jit, static_argnames=("structure", "cp_axes", "control"))
+def _bfgs_lanes(state: BFGSState, scale, cp: CrossProducts, structure: Structure, reml, cp_axes: CrossProducts,
+                control: BatchControl) -> tuple[BFGSState, jnp.ndarray]:
+    """``control.budget`` more BFGS steps in every lane, and whether each lane's gradient is small enough
+    to count as converged."""
+    def lane(s, sc, c):
         value_and_grad = jax.value_and_grad(lambda u: profiled_deviance(u, c, structure, reml))
-        theta, B, step_length, f, g, steps, done, small = bfgs_steps(value_and_grad, t, f, g, b, s, budget, sc)
-        return theta, f, g, B, step_length, steps, done, small
+        s = bfgs_steps(value_and_grad, s, control.budget, sc, control.gtol)
+        return s, jnp.isfinite(s.f) & small_gradient(s.g, sc, control.converged_gtol)
 
-    return jax.vmap(lane, in_axes=(0, 0, 0, 0, 0, 0, cp_axes))(theta, f, g, inv_hessian, step_length, scale, cp)
+    return jax.vmap(lane, in_axes=(0, 0, cp_axes))(state, scale, cp)
 
 
 def start_inverse_hessian(model, theta: np.ndarray, reml: bool) -> np.ndarray:
@@ -105,28 +107,27 @@ def lane_placement(cp_axes: CrossProducts):
 
 
 def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.ndarray, structure: Structure,
-              reml: bool, cp_axes: CrossProducts, chunk_size: int | None = None, budget: int = 12, max_iter: int = 300,
-              progress: bool | None = None):
+              reml: bool, cp_axes: CrossProducts, chunk_size: int | None = None, progress: bool | None = None,
+              control: BatchControl | None = None):
     """Run BFGS lanes to completion; ``lane_cp(indices)`` gives the cross-products of those lanes.
 
     Lanes are scheduled in calls of ``chunk_size`` lanes whatever B is (one compiled shape;
     :func:`default_chunk_size` when None; a call with fewer lanes left is padded with copies): each call
-    gives every lane up to ``budget`` BFGS steps; lanes that are not done return to the pool and fill the
-    next call first, so no call waits on a few slow lanes.  A lane still not done after ``max_iter``
-    steps is a failure.
+    gives every lane up to ``control.budget`` BFGS steps (its :class:`~jaxlmm.optimize.BFGSState` carried
+    between calls); lanes that are not done return to the pool and fill the next call first, so no call
+    waits on a few slow lanes.  A lane still not done after ``control.max_iter`` steps is a failure.
     With several local devices (GPUs, or CPU devices from
     ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) each call's lanes are split across them.
     Returns (theta, beta, sigma, criterion, converged, steps).
     """
     bound_executables()
+    control = control or BatchControl()
     B = theta.shape[0]
-    theta, inv_hessian = theta.copy(), inv_hessian.copy()
     place = lane_placement(cp_axes)
-    step_length = np.ones(B)
-    steps = np.zeros(B, dtype=np.int64)
-    done = np.zeros(B, dtype=bool)
+    state = BFGSState(theta=theta.copy(), f=np.full(B, np.inf), g=np.zeros_like(theta),  # f = inf: not evaluated
+                      inv_hessian=inv_hessian.copy(), step_length=np.ones(B), steps=np.zeros(B, dtype=np.int32),
+                      fresh=np.zeros(B, dtype=bool), done=np.zeros(B, dtype=bool))
     ok = np.zeros(B, dtype=bool)
-    crit, grad = np.full(B, np.inf), np.zeros_like(theta)  # inf: not evaluated yet
     n_dev = jax.local_device_count()
     if chunk_size is None:
         chunk_size = default_chunk_size(structure, lane_cp(np.zeros(1, dtype=np.int64)).AXX.shape[-1])
@@ -136,24 +137,22 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
         return np.concatenate([lanes, np.repeat(lanes[:1], size - lanes.size)])
 
     bar = _progress(enabled=progress, total=B, desc="fitting")
-    while not done.all():
-        todo = np.flatnonzero(~done)
-        lanes = todo[np.argsort(steps[todo] == 0, kind="stable")][:size]  # started lanes first
+    finished = np.zeros(B, dtype=bool)
+    while not finished.all():
+        todo = np.flatnonzero(~finished)
+        lanes = todo[np.argsort(state.steps[todo] == 0, kind="stable")][:size]  # started lanes first
         padded = pad(lanes)
-        lane_args, cp = place((theta[padded], crit[padded], grad[padded], inv_hessian[padded], step_length[padded],
-                               scale[padded]), lane_cp(padded))
-        out = jax.device_get(_bfgs_lanes(*lane_args[:5], budget, lane_args[5], cp, structure, reml, cp_axes))
-        th, f, g, bi, sl, it, dn, good = (np.asarray(a)[: lanes.size] for a in out)
-        theta[lanes], crit[lanes], grad[lanes], inv_hessian[lanes], step_length[lanes] = th, f, g, bi, sl
-        ok[lanes] = good
-        steps[lanes] += it
-        finished = dn | (steps[lanes] >= max_iter)
-        done[lanes] = finished
+        (scale_lanes, *fields), cp = place((scale[padded], *(a[padded] for a in state)), lane_cp(padded))
+        out, good = jax.device_get(_bfgs_lanes(BFGSState(*fields), scale_lanes, cp, structure, reml, cp_axes, control))
+        for a, new in zip(state, out):
+            a[lanes] = np.asarray(new)[: lanes.size]
+        ok[lanes] = np.asarray(good)[: lanes.size]
+        finished[lanes] = state.done[lanes] | (state.steps[lanes] >= control.max_iter)
         if bar is not None:
-            bar.update(int(finished.sum()))
+            bar.update(int(finished[lanes].sum()))
     if bar is not None:
         bar.close()
-    beta, sigma = None, np.zeros(B)
+    theta, beta, sigma = state.theta, None, np.zeros(B)
     for first in range(0, B, size):
         lanes = np.arange(first, min(first + size, B))
         padded = pad(lanes)
@@ -162,7 +161,8 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
             _estimates_lanes(th0, cp, structure, reml, cp_axes)))
         beta = np.zeros((B, be.shape[1])) if beta is None else beta
         theta[lanes], beta[lanes], sigma[lanes] = th, be, si
-    return theta, beta, sigma, np.where(np.isfinite(crit), crit, np.nan), ok & (steps < max_iter), steps
+    crit = np.where(np.isfinite(state.f), state.f, np.nan)
+    return theta, beta, sigma, crit, ok & (state.steps < control.max_iter), state.steps.astype(np.int64)
 
 
 def warm_start(theta: np.ndarray, structure: Structure, scale: np.ndarray, floor: float = 0.1) -> np.ndarray:

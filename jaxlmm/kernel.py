@@ -23,7 +23,7 @@ from .crossprod import CrossProducts
 from .design import ReBlock, Structure
 from .deviance import beta_hat, column_signs, factorize, logdet_RX, unscaled_vcov, weighted_criterion
 from .modes import conditional_modes, conditional_variances
-from .optimize import best_scaled, bfgs_steps
+from .optimize import Control, best_scaled, bfgs_start, bfgs_steps
 
 
 class FittedParts(NamedTuple):
@@ -73,7 +73,7 @@ def full_triangles(structure: Structure) -> tuple[Structure, np.ndarray]:
     return Structure(tuple(blocks), offset), slots
 
 
-def _search(theta, budget, rescale, scale, precondition, weights, extras, mask, cp: CrossProducts,
+def _search(theta, budget, rescale, scale, precondition, weights, extras, mask, gtol, cp: CrossProducts,
             structure: Structure) -> SearchResult:
     """The kernel on the full-triangle layout; ``mask`` is 0 on the structural zeros, which therefore have
     a zero gradient and (with a zero ``precondition`` there) never move."""
@@ -82,14 +82,13 @@ def _search(theta, budget, rescale, scale, precondition, weights, extras, mask, 
         return weighted_criterion(factorize(t * mask, cp, structure), weights)
 
     theta = jax.lax.cond(rescale, partial(best_scaled, objective), lambda t: t, theta)
-    theta, B, _, f, g, steps, _, _ = bfgs_steps(jax.value_and_grad(objective), theta, jnp.inf,
-                                                jnp.zeros_like(theta), precondition, 1.0, budget, scale, gtol=1e-8)
-    theta = theta * mask
+    state = bfgs_steps(jax.value_and_grad(objective), bfgs_start(theta, precondition), budget, scale, gtol)
+    theta, f, g, B = state.theta * mask, state.f, state.g, state.inv_hessian
     parts = partial(fitted_parts, cp=cp, structure=structure)
     shapes = jax.eval_shape(parts, theta)
     no_parts = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     parts = jax.lax.cond(extras, parts, lambda t: no_parts, theta)
-    return SearchResult(theta, f, g, steps, 0.5 * g @ B @ g, column_signs(theta, structure), parts)
+    return SearchResult(theta, f, g, state.steps, 0.5 * g @ B @ g, column_signs(theta, structure), parts)
 
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # LLVM without optimisation: ~2x faster to compile
@@ -124,11 +123,12 @@ _search_kernel = SizedKernel(_search)
 
 
 def criterion_search(theta, budget: int, rescale: bool, scale, precondition, weights, extras: bool,
-                     cp: CrossProducts, structure: Structure) -> SearchResult:
+                     cp: CrossProducts, structure: Structure, gtol: float = Control.search_gtol) -> SearchResult:
     """Up to ``budget`` BFGS steps on ``weighted_criterion(·, weights)`` (B from ``diag(precondition)``),
     from theta or, with ``rescale``, from its best rescaling (:func:`~jaxlmm.optimize.best_scaled`), and
     with ``extras`` the :class:`FittedParts` at the end, in one compiled call (a :class:`SizedKernel` on
-    the :func:`full_triangles` layout); returned on the host, in ``structure``'s θ layout."""
+    the :func:`full_triangles` layout); returned on the host, in ``structure``'s θ layout.  The descent
+    stops below ``gtol`` (max |scaled gradient|)."""
     full, slots = full_triangles(structure)
 
     def embed(v, fill):
@@ -137,7 +137,7 @@ def criterion_search(theta, budget: int, rescale: bool, scale, precondition, wei
         return out
 
     r = jax.device_get(_search_kernel(embed(theta, 0.0), budget, rescale, embed(scale, 1.0), embed(precondition, 0.0),
-                                      np.asarray(weights, dtype=float), extras, embed(1.0, 0.0), cp, full))
+                                      np.asarray(weights, dtype=float), extras, embed(1.0, 0.0), gtol, cp, full))
     return r._replace(theta=r.theta[slots], g=r.g[slots], signs=r.signs[slots])
 
 

@@ -24,7 +24,7 @@ from .deviance import LOG_2PI, profiled_weights
 from .errors import JaxlmmError
 from .formula import parse_formula
 from .kernel import criterion_search, evaluate, random_effect_variances
-from .optimize import OptSummary, difference_hessian, minimize_theta
+from .optimize import Control, OptSummary, difference_hessian, minimize_theta
 from .shapes import pad_to_bucket
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta entries with a zero lower bound
@@ -362,11 +362,12 @@ def fit_design(design: Design, reml: bool = True, padded: tuple[CrossProducts, S
         return float(r.f), np.asarray(r.g)
 
     def search(theta, budget, rescale):
-        r = criterion_search(theta, budget, rescale, scale, precondition, weights, False, cp, structure)
+        r = criterion_search(theta, budget, rescale, scale, precondition, weights, False, cp, structure,
+                             Control.search_gtol)
         return r.signs * r.theta, float(r.f), r.signs * r.g, int(r.steps), float(r.decrement)
 
     opt = minimize_theta(value_and_grad, search, theta_start(structure) * scale, structure.lower, scale,
-                         max_iter=max_iter)
+                         Control(max_iter=max_iter))
     if not opt.converged:
         warnings.warn(f"Model failed to converge: {opt.message}", ConvergenceWarning, stacklevel=3)
     return LinearMixedModel(design, cp, structure, reml, opt)

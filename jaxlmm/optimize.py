@@ -17,21 +17,45 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 BIG = 1e100  # stands in for a criterion that is not finite
-SNAP_TOL = 1e-7  # entries this close to their bound (in scaled units) are tried on it
-POLISH_GAIN = 1e-13  # the Newton polish stops when a step would gain less than this × (1 + |f|)
-DECREMENT_TOL = 1e-8  # converged when a Newton step could gain at most this
 START_FACTORS = (4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 0.0625)  # overall scales tried for the start
 
 
-@dataclass
+@dataclass(frozen=True)
+class Control:
+    """Every tolerance and budget of a single fit (lme4's ``lmerControl``; MixedModels.jl's OptSummary
+    settings).  θ is measured in scaled units (θ / scale, see :func:`minimize_theta`)."""
+
+    gtol: float = 1e-4  # converged: max |projected scaled gradient| at most this, or ...
+    decrement_tol: float = 1e-8  # ... a Newton step could gain at most this (½gᵀH⁻¹g)
+    max_iter: int = 2000  # steps of each stage (compiled descent, L-BFGS-B, Newton polish)
+    max_newton: int = 50  # Newton polish steps (at most max_iter)
+    max_escapes: int = 5  # restarts from saddles on the boundary
+    search_gtol: float = 1e-8  # the compiled BFGS descent stops below this max |scaled gradient|
+    polish_gain: float = 1e-13  # the polish stops when a step would gain less than this × (1 + |f|)
+    snap_tol: float = 1e-7  # entries this close to their bound are tried on it
+    hessian_step: float = 1e-4  # central differences of the gradient, in scaled units
+
+
+@dataclass(frozen=True)
+class BatchControl:
+    """Tolerances and budgets of batched refits (:func:`jaxlmm.batch.run_lanes`)."""
+
+    budget: int = 12  # BFGS steps per lane per compiled call
+    max_iter: int = 300  # a lane still not done after this many steps is a failure
+    gtol: float = 1e-6  # a lane is done below this max |scaled gradient| (or when f stops changing)
+    converged_gtol: float = 1e-3  # ... and counts as converged below this one
+
+
+@dataclass(frozen=True)
 class OptSummary:
-    """What the optimiser did (MixedModels.jl's OptSummary)."""
+    """What the optimiser did, and with which settings (MixedModels.jl's OptSummary)."""
 
     theta: np.ndarray
     fval: float
@@ -40,7 +64,21 @@ class OptSummary:
     converged: bool
     message: str
     projected_gradient: float
-    optimizer: str = "BFGS + projected Newton (autodiff gradient)"
+    optimizer: str
+    control: Control
+
+
+class BFGSState(NamedTuple):
+    """The state of :func:`bfgs_steps` (a pytree: batch lanes carry it between compiled calls)."""
+
+    theta: jnp.ndarray
+    f: jnp.ndarray  # criterion at theta; inf: theta not evaluated yet (g is then 0)
+    g: jnp.ndarray  # its gradient
+    inv_hessian: jnp.ndarray  # B, BFGS's estimate of the inverse Hessian
+    step_length: jnp.ndarray  # the next trial step's length (1 after an accepted step)
+    steps: jnp.ndarray  # steps taken (each one evaluation)
+    fresh: jnp.ndarray  # B is still the diagonal guess, to be rescaled at the first curvature pair
+    done: jnp.ndarray
 
 
 def projected_gradient(theta: np.ndarray, grad: np.ndarray, lower: np.ndarray) -> np.ndarray:
@@ -55,9 +93,7 @@ def minimize_theta(
     theta0: np.ndarray,
     lower: np.ndarray,
     scale: np.ndarray,
-    gtol: float = 1e-4,
-    max_iter: int = 2000,
-    max_escapes: int = 5,
+    control: Control = Control(),
 ) -> OptSummary:
     """Minimise f(theta) subject to theta >= lower, from theta0.
 
@@ -70,19 +106,21 @@ def minimize_theta(
     step would gain less than the polish's stopping threshold.  Should the descent fail, L-BFGS-B
     (scipy, with the bounds) is the fallback.
 
-    Converged means max |projected gradient| <= gtol in the scaled coordinates, or a Newton decrement
-    ``½gᵀH⁻¹g`` <= 1e-8 on the free coordinates (H by differences, or BFGS's estimate where the polish
-    was skipped): for a criterion of size 1e5 the gradient cannot get below ~1e-4 in floating point even
-    at the optimum.  ``max_iter`` bounds the steps of each stage (descent, L-BFGS-B, Newton).
+    Converged means max |projected gradient| <= ``control.gtol`` in the scaled coordinates, or a Newton
+    decrement ``½gᵀH⁻¹g`` <= ``control.decrement_tol`` on the free coordinates (H by differences, or
+    BFGS's estimate where the polish was skipped): for a criterion of size 1e5 the gradient cannot get
+    below ~1e-4 in floating point even at the optimum.  ``control.max_iter`` bounds the steps of each
+    stage (descent, L-BFGS-B, Newton).  The summary names the stages that ran.
     """
     n_evals = 0
-    max_newton = min(50, max_iter)
-    hessian = _remember_last(lambda theta: difference_hessian(value_and_grad, theta, scale))
+    stages = ["BFGS (compiled, autodiff gradient)"]
+    max_newton = min(control.max_newton, control.max_iter)
+    hessian = _remember_last(lambda theta: difference_hessian(value_and_grad, theta, scale, control.hessian_step))
 
     def descend(start, rescale=False):
         """(theta, f, g, Newton steps, BFGS's decrement estimate where the polish was skipped else None)."""
         nonlocal n_evals
-        theta, f, g, steps, estimate = search(start, max_iter, rescale)
+        theta, f, g, steps, estimate = search(start, control.max_iter, rescale)
         n_evals += steps
         if np.any(theta < lower):
             theta = np.maximum(theta, lower)
@@ -90,17 +128,22 @@ def minimize_theta(
         if not (np.isfinite(f) and np.all(np.isfinite(g))):
             theta, estimate = lbfgsb(start), np.inf
             f, g = value_and_grad(theta)
-        if np.all(theta - lower > SNAP_TOL * scale) and estimate <= POLISH_GAIN * (1.0 + abs(f)):
+        if np.all(theta - lower > control.snap_tol * scale) and estimate <= control.polish_gain * (1.0 + abs(f)):
             return theta, f, g, 0, estimate
-        theta, f, g = _snap_to_bounds(value_and_grad, theta, f, g, lower, scale)
-        return (*_newton_polish(value_and_grad, hessian, theta, f, g, lower, max_newton), None)
+        theta, f, g = _snap_to_bounds(value_and_grad, theta, f, g, lower, scale, control.snap_tol)
+        return (*polish(theta, f, g), None)
+
+    def polish(theta, f, g):
+        if "projected Newton" not in stages[-1]:
+            stages.append("projected Newton (difference Hessian)")
+        return _newton_polish(value_and_grad, hessian, theta, f, g, lower, max_newton, control.polish_gain)
 
     def optimal(theta, g, estimate) -> bool:
-        if projected_scaled_gradient(theta, g) <= gtol:
+        if projected_scaled_gradient(theta, g) <= control.gtol:
             return True
         if estimate is not None:
-            return estimate <= DECREMENT_TOL
-        return newton_decrement(hessian, theta, g, lower) <= DECREMENT_TOL
+            return estimate <= control.decrement_tol
+        return newton_decrement(hessian, theta, g, lower) <= control.decrement_tol
 
     def projected_scaled_gradient(theta, g) -> float:
         return float(np.max(np.abs(projected_gradient(theta, g, lower) * scale), initial=0.0))
@@ -116,15 +159,16 @@ def minimize_theta(
     def lbfgsb(start):
         import scipy.optimize  # only on this fallback path (it takes a fifth of a second to import)
 
+        stages.append("L-BFGS-B (fallback)")
         bounds = [(lo / s if np.isfinite(lo) else None, None) for lo, s in zip(lower, scale)]
         res = scipy.optimize.minimize(
             fg_phi, start / scale, jac=True, method="L-BFGS-B", bounds=bounds,
-            options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-10, "maxcor": 20},
+            options={"maxiter": control.max_iter, "ftol": 1e-15, "gtol": 1e-10, "maxcor": 20},
         )
         return np.maximum(res.x * scale, lower)
 
     theta, f, g, n_newton, estimate = descend(theta0, rescale=True)
-    for _ in range(max_escapes):
+    for _ in range(control.max_escapes):
         escape = _escape_saddle(value_and_grad, hessian, theta, f, lower, scale)
         if escape is None:
             break
@@ -136,17 +180,18 @@ def minimize_theta(
     if not optimal(theta, g, estimate):  # last resort: the bounded quasi-Newton method from the start
         theta2 = lbfgsb(theta0)
         f2, g2 = value_and_grad(theta2)
-        theta2, f2, g2, k = _newton_polish(value_and_grad, hessian, theta2, f2, g2, lower, max_newton)
+        theta2, f2, g2, k = polish(theta2, f2, g2)
         n_newton += k
         if f2 < f:
             theta, f, g, estimate = theta2, f2, g2, None
     pg = projected_scaled_gradient(theta, g)
     converged = bool(np.isfinite(f)) and optimal(theta, g, estimate)
     message = "converged" if converged else f"not converged: max|projected gradient| = {pg:.3g}"
-    return OptSummary(theta, float(f), n_evals, n_newton, converged, message, pg)
+    return OptSummary(theta, float(f), n_evals, n_newton, converged, message, pg, " + ".join(stages), control)
 
 
-def difference_hessian(value_and_grad, theta: np.ndarray, scale: np.ndarray, step: float = 1e-4) -> np.ndarray:
+def difference_hessian(value_and_grad, theta: np.ndarray, scale: np.ndarray, step: float = Control.hessian_step
+                       ) -> np.ndarray:
     """The Hessian by central differences of the exact gradient, steps ``step × scale``, symmetrised.
 
     Its error, O(step²) relative, is far below what the Newton steps and the convergence test need.
@@ -187,7 +232,7 @@ def best_scaled(criterion: Callable, theta: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(jnp.isfinite(jnp.min(values)), factors[jnp.argmin(values)] * theta, theta)
 
 
-def _snap_to_bounds(value_and_grad, theta, f, g, lower, scale, tol: float = SNAP_TOL):
+def _snap_to_bounds(value_and_grad, theta, f, g, lower, scale, tol: float):
     """Put entries within ``tol`` × scale of their bound on it, when that does not raise the criterion.
 
     The unconstrained descent approaches a boundary optimum (a variance of 0) only asymptotically.
@@ -242,7 +287,7 @@ def _escape_saddle(value_and_grad, hessian, theta, f, lower, scale):
     return best
 
 
-def _newton_polish(value_and_grad, hessian, theta, f, g, lower, max_iter):
+def _newton_polish(value_and_grad, hessian, theta, f, g, lower, max_iter, min_gain):
     """Projected Newton on the free set with a backtracking line search; stops when no step helps."""
     it = 0
     for it in range(1, max_iter + 1):
@@ -259,7 +304,7 @@ def _newton_polish(value_and_grad, hessian, theta, f, g, lower, max_iter):
         else:  # not positive definite: a regularised (Levenberg) step
             shift = abs(min(evals.min(), 0.0)) + 1e-6 * max(1.0, np.abs(evals).max())
             step[free] = -evecs @ ((evecs.T @ gf) / (evals + shift))
-        if -0.5 * (gf @ step[free]) < POLISH_GAIN * (1.0 + abs(f)):  # nothing left to gain at this precision
+        if -0.5 * (gf @ step[free]) < min_gain * (1.0 + abs(f)):  # nothing left to gain at this precision
             break
         improved = False
         t = 1.0
@@ -284,58 +329,61 @@ def positive_inverse(H: np.ndarray) -> np.ndarray:
     return (V / e[..., None, :]) @ np.swapaxes(V, -1, -2)
 
 
-def bfgs_steps(value_and_grad, theta, f, g, inv_hessian, step_length, budget, scale, gtol: float = 1e-6):
-    """Up to ``budget`` BFGS steps minimising ``value_and_grad``'s function, pure JAX (jit/vmap this).
+def bfgs_start(theta: jnp.ndarray, inv_hessian: jnp.ndarray) -> BFGSState:
+    """A :class:`BFGSState` at theta, not yet evaluated, with ``B = inv_hessian``; given a vector ``v``
+    instead (a guess of the inverse Hessian's diagonal, up to a factor), ``B = diag(v)``, rescaled by the
+    first steps (see :func:`bfgs_steps`)."""
+    guess = inv_hessian.ndim == theta.ndim
+    return BFGSState(theta, jnp.asarray(jnp.inf, dtype=theta.dtype), jnp.zeros_like(theta),
+                     jnp.diag(inv_hessian) if guess else inv_hessian, jnp.ones((), dtype=theta.dtype),
+                     jnp.zeros((), dtype=jnp.int32), jnp.asarray(guess), jnp.asarray(False))
+
+
+def small_gradient(g: jnp.ndarray, scale: jnp.ndarray, tol) -> jnp.ndarray:
+    """max |g · scale| < tol: the gradient in the scaled coordinates θ / scale is small."""
+    return jnp.max(jnp.abs(g * scale)) < tol
+
+
+def bfgs_steps(value_and_grad, state: BFGSState, budget, scale, gtol) -> BFGSState:
+    """Up to ``budget`` more BFGS steps minimising ``value_and_grad``'s function, pure JAX (jit/vmap this).
 
     Each step costs one criterion-and-gradient evaluation: ``d = −B g``, Armijo backtracking (a rejected
     trial quarters the step and counts as a step), then the BFGS update of ``B`` (Nocedal & Wright 2006,
     eq. 6.17).  ``f = inf`` (with ``g = 0``) means theta is not evaluated yet: the first step evaluates it
-    (so the criterion appears once in the compiled loop, and a batch lane carries f and g between calls).
-    Started from a good Hessian (for refits, the fitted model's, which every replicate of the same design
-    shares closely) it converges in about as many steps as Newton's method.  Given a vector ``v`` as
-    ``inv_hessian`` (a guess of the inverse Hessian's diagonal, up to a factor) it starts from
-    ``B = γ diag(v)``, γ making the first step half the size of theta, and replaces B by
-    ``(sᵀy / yᵀDy) D``, ``D = diag(v)``, before the first update (ibid., eq. 6.20, preconditioned).
-    Returns theta, B, the step length, the criterion, its gradient, the steps taken, done, and whether
-    the scaled gradient is small (the state carries over between calls).
+    (so the criterion appears once in the compiled loop, and a batch lane carries its state between
+    calls).  Started from a good Hessian (for refits, the fitted model's, which every replicate of the same
+    design shares closely) it converges in about as many steps as Newton's method.  While ``fresh`` (B
+    still a diagonal guess D, :func:`bfgs_start`), the first evaluation sets ``B = γD``, γ making the first
+    step half the size of theta, and the first curvature pair replaces B by ``(sᵀy / yᵀDy) D`` before
+    the first update (ibid., eq. 6.20, preconditioned).  Done when the scaled gradient is below ``gtol``,
+    the criterion stops changing, or the step length collapses.
     """
-    eye = jnp.eye(theta.shape[0])
-    guess = inv_hessian.ndim == 1
-    if guess:
-        D = jnp.diag(inv_hessian)
-        inv_hessian = D
+    eye = jnp.eye(state.theta.shape[0])
 
-    def small_gradient(g):
-        return jnp.max(jnp.abs(g * scale)) < gtol
-
-    def step(state):
-        theta, f, g, B, t, it, fresh, done = state
-        d = -B @ g
-        descent = g @ d < 0
-        d = jnp.where(descent, d, -g * scale**2)  # fall back to scaled steepest descent
-        slope = g @ d
-        trial = theta + t * d
+    def step(s: BFGSState) -> BFGSState:
+        d = -s.inv_hessian @ s.g
+        d = jnp.where(s.g @ d < 0, d, -s.g * scale**2)  # not a descent direction: scaled steepest descent
+        slope = s.g @ d
+        trial = s.theta + s.step_length * d
         ft, gt = value_and_grad(trial)
-        accept = jnp.isfinite(ft) & jnp.all(jnp.isfinite(gt)) & (ft <= f + 1e-4 * t * slope)
-        s, y = trial - theta, gt - g
-        sy = s @ y
-        curved = accept & (sy > 1e-14) & jnp.isfinite(f)
-        if guess:
-            size = jnp.maximum(jnp.max(jnp.abs(theta / scale)), 0.1)
-            first_step = 0.5 * size / jnp.maximum(jnp.max(jnp.abs(D @ gt / scale)), 1e-300) * D
-            B = jnp.where(accept & ~jnp.isfinite(f), first_step, B)
-            B = jnp.where(curved & fresh, sy / (y @ D @ y) * D, B)
-            fresh = fresh & ~curved
+        accept = jnp.isfinite(ft) & jnp.all(jnp.isfinite(gt)) & (ft <= s.f + 1e-4 * s.step_length * slope)
+        dx, dg = trial - s.theta, gt - s.g
+        sy = dx @ dg
+        curved = accept & (sy > 1e-14) & jnp.isfinite(s.f)
+        B = s.inv_hessian
+        size = jnp.maximum(jnp.max(jnp.abs(s.theta / scale)), 0.1)
+        first_step = 0.5 * size / jnp.maximum(jnp.max(jnp.abs(B @ gt / scale)), 1e-300) * B
+        B = jnp.where(s.fresh & accept & ~jnp.isfinite(s.f), first_step, B)
+        B = jnp.where(s.fresh & curved, sy / (dg @ B @ dg) * B, B)
         rho = 1.0 / jnp.where(sy > 1e-14, sy, 1.0)
-        updated = (eye - rho * jnp.outer(s, y)) @ B @ (eye - rho * jnp.outer(y, s)) + rho * jnp.outer(s, s)
+        updated = (eye - rho * jnp.outer(dx, dg)) @ B @ (eye - rho * jnp.outer(dg, dx)) + rho * jnp.outer(dx, dx)
         B = jnp.where(curved, updated, B)
-        small_change = accept & jnp.isfinite(f) & (jnp.abs(ft - f) <= 1e-12 * (1.0 + jnp.abs(f)))
-        theta, f, g = jnp.where(accept, trial, theta), jnp.where(accept, ft, f), jnp.where(accept, gt, g)
-        t = jnp.where(accept, 1.0, t * 0.25)
-        done = small_gradient(g) | small_change | (t < 1e-10)
-        return theta, f, g, B, t, it + 1, fresh, done
+        small_change = accept & jnp.isfinite(s.f) & (jnp.abs(ft - s.f) <= 1e-12 * (1.0 + jnp.abs(s.f)))
+        theta, f, g = (jnp.where(accept, new, old) for new, old in ((trial, s.theta), (ft, s.f), (gt, s.g)))
+        t = jnp.where(accept, 1.0, s.step_length * 0.25)
+        done = small_gradient(g, scale, gtol) | small_change | (t < 1e-10)
+        return BFGSState(theta, f, g, B, t, s.steps + 1, s.fresh & ~curved, done)
 
-    init = (theta, f, g, inv_hessian, step_length, jnp.asarray(0), jnp.asarray(guess),
-            jnp.isfinite(f) & small_gradient(g))
-    theta, f, g, B, t, it, _, done = jax.lax.while_loop(lambda s: (~s[-1]) & (s[-3] < budget), step, init)
-    return theta, B, t, f, g, it, done, jnp.isfinite(f) & (jnp.max(jnp.abs(g * scale)) < 1e-3)
+    stop = state.steps + budget
+    state = state._replace(done=jnp.isfinite(state.f) & small_gradient(state.g, scale, gtol))
+    return jax.lax.while_loop(lambda s: (~s.done) & (s.steps < stop), step, state)

@@ -32,7 +32,7 @@ from .formula import ModelPart, parse_formula
 from .hosts import gather
 from .inference import difference_points, satterthwaite_from_jets, varpar_jets_lanes
 from .model import LinearMixedModel
-from .optimize import OptSummary
+from .optimize import Control, OptSummary
 from .shapes import pad_response_products, pad_to_bucket
 
 TESTS = ("lrt", "pb", "satterthwaite")
@@ -63,7 +63,7 @@ def specified_model(design: Design, beta, theta, sigma: float) -> LinearMixedMod
     cp, structure = pad_to_bucket(crossproducts(design.y, design.X, design.codes, design.Z, design.structure),
                                   design.structure)
     opt = OptSummary(np.asarray(theta, dtype=float), float("nan"), 0, 0, True, "specified, not fitted", 0.0,
-                     optimizer="none")
+                     "none", Control())
     model = LinearMixedModel(design, cp, structure, False, opt)
     model._beta, model._sigma = np.asarray(beta, dtype=float), float(sigma)
     return model

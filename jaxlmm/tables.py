@@ -172,7 +172,8 @@ def summary_text(model) -> str:
         for i in range(1, d.p):
             lines.append(f"{d.fixef_names[i]:<{wn}} " + " ".join(f"{C[i, j]:6.3f}" for j in range(i)))
     if model.singular:
-        lines.append("optimizer (L-BFGS-B + Newton) convergence code: 0 (OK)")
+        code = "0 (OK)" if model.converged else "1 (not converged)"
+        lines.append(f"optimizer ({model.opt.optimizer}) convergence code: {code}")
         lines.append("boundary (singular) fit: see help('isSingular')")
     if not model.converged:
         lines.append(f"Warning: {model.opt.message}")
