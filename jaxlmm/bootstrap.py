@@ -21,6 +21,7 @@ from .compare import same_observations
 from .crossprod import response_products, sparse_Z
 from .errors import ModelComparisonError
 from .hosts import process_share
+from .params import ran_pars, term_covariances
 
 SIMULATION_BLOCK = 10_000  # responses drawn per block: bounds memory for any nsim
 
@@ -132,22 +133,11 @@ def bootstrap(model, nsim: int = 1000, seed: int | None = None, progress: bool |
 
 
 def bootstrap_table(model, fits: BatchFit) -> pd.DataFrame:
-    """Per replicate: fixed effects, the sds/correlations named as ``tidy``'s ran_pars rows, and sigma
-    (vectorised over the replicates: Λ of every fit at once)."""
+    """Per replicate: fixed effects, the sds/correlations named as ``tidy``'s ran_pars rows ("group:term"),
+    and sigma, for all replicates at once."""
     rows = {name: fits.beta[:, j] for j, name in enumerate(fits.fixef_names)}
-    sigma = fits.sigma[:, None, None]
-    for (group, columns, _), term in zip(model.term_covariances(), model.design.terms):
-        cols = np.array(term.block_columns)
-        Lam = model.design.structure.blocks[term.block].lambda_of(fits.theta)[:, cols[:, None], cols[None, :]]
-        S = sigma**2 * Lam @ np.swapaxes(Lam, -1, -2)
-        sd = np.sqrt(np.diagonal(S, axis1=1, axis2=2))
-        for i, c in enumerate(columns):
-            rows[f"{group}:sd__{c}"] = sd[:, i]
-            for j in range(i + 1, len(columns)):
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    cor = S[:, i, j] / (sd[:, i] * sd[:, j])
-                rows[f"{group}:cor__{c}.{columns[j]}"] = np.where(sd[:, i] * sd[:, j] > 0, cor, np.nan)
-    rows["Residual:sd__Observation"] = fits.sigma
+    covariances = term_covariances(model.design, fits.theta, fits.sigma)
+    rows.update({f"{group}:{term}": values for group, term, values in ran_pars(covariances, fits.sigma)})
     return pd.DataFrame(rows)
 
 

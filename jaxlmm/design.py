@@ -15,6 +15,7 @@ Conventions (as lme4):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import warnings
 from dataclasses import dataclass, field
@@ -53,15 +54,28 @@ class Structure:
     blocks: tuple[ReBlock, ...]
     n_theta: int
 
+    @functools.cached_property
+    def parmap(self) -> np.ndarray:
+        """(n_theta, 3): the block, row and column of Λ that each theta entry fills (MixedModels.jl's
+        ``parmap``): the one map from θ to its place, which every per-entry quantity reads."""
+        out = np.zeros((self.n_theta, 3), dtype=np.int64)
+        for k, b in enumerate(self.blocks):
+            index = np.array(b.theta_index).reshape(b.q, b.q)
+            rows, cols = np.nonzero(index >= 0)
+            out[index[rows, cols]] = np.column_stack([np.full(rows.size, k), rows, cols])
+        return out
+
     @property
     def lower(self) -> np.ndarray:
         """lme4's bounds: 0 for entries on Lambda's diagonal, -inf elsewhere."""
-        low = np.full(self.n_theta, -np.inf)
-        for b in self.blocks:
-            for i in range(b.q):
-                if b.theta_index[i][i] >= 0:
-                    low[b.theta_index[i][i]] = 0.0
-        return low
+        _, rows, cols = self.parmap.T
+        return np.where(rows == cols, 0.0, -np.inf)
+
+    @property
+    def column_diagonal(self) -> np.ndarray:
+        """For each theta entry, the theta index of the diagonal entry of its Λ column."""
+        blocks, _, cols = self.parmap.T
+        return np.array([self.blocks[k].theta_index[c][c] for k, c in zip(blocks, cols)], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -282,6 +296,10 @@ class Design:
     @property
     def p(self) -> int:
         return self.X.shape[1]
+
+    def block_columns(self, k: int) -> list[str]:
+        """The names of block k's random-effects columns, term by term (its Z columns and Λ's rows)."""
+        return [c for t in self.terms if t.block == k for c in t.columns]
 
 
 def _group_values(group: tuple[str, ...], frame: dict[str, pd.Series]) -> pd.Series:

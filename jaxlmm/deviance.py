@@ -24,7 +24,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .crossprod import CrossProducts, block_offsets
 from .design import ReBlock, Structure
@@ -289,21 +288,10 @@ def unscaled_vcov(f: Factor) -> jnp.ndarray:
     return Linv.T @ Linv
 
 
-def column_diagonal(structure: Structure) -> np.ndarray:
-    """For each theta entry, the theta index of the diagonal entry of its Λ column."""
-    out = np.arange(structure.n_theta)
-    for b in structure.blocks:
-        for c in range(b.q):
-            for r in range(b.q):
-                if b.theta_index[r][c] >= 0:
-                    out[b.theta_index[r][c]] = b.theta_index[c][c]
-    return out
-
-
 def column_signs(theta: jnp.ndarray, structure: Structure) -> jnp.ndarray:
     """−1 for the theta entries in a Λ column with a negative diagonal, else 1.  The criterion is even in
     each column, so ``signs · theta`` has the same criterion and gradient ``signs · g``."""
-    return jnp.where(theta[..., column_diagonal(structure)] < 0, -1.0, 1.0)
+    return jnp.where(theta[..., structure.column_diagonal] < 0, -1.0, 1.0)
 
 
 def canonical_theta(theta: jnp.ndarray, structure: Structure) -> jnp.ndarray:

@@ -60,17 +60,17 @@ def full_triangles(structure: Structure) -> tuple[Structure, np.ndarray]:
     """``structure`` with every block's Λ a full lower triangle (the θ layout of ``(x | g)``), and the
     position in it of each of ``structure``'s θ entries.  The kernel is compiled for this layout, with the
     structural zeros masked, so that ``(1 | g) + (0 + x | g)``, ``(x || g)`` and ``(1 + x | g)`` share it."""
-    blocks, slots, offset = [], np.zeros(structure.n_theta, dtype=np.int64), 0
+    blocks, offset = [], 0
     for b in structure.blocks:
-        index = [[-1] * b.q for _ in range(b.q)]
-        for c in range(b.q):
-            for r in range(c, b.q):
-                index[r][c] = offset
-                if b.theta_index[r][c] >= 0:
-                    slots[b.theta_index[r][c]] = offset
-                offset += 1
-        blocks.append(ReBlock(b.n_levels, b.q, tuple(map(tuple, index))))
-    return Structure(tuple(blocks), offset), slots
+        index = np.full((b.q, b.q), -1)
+        rows, cols = np.tril_indices(b.q)
+        order = np.lexsort((rows, cols))  # column-major, as lme4 lays out theta
+        index[rows[order], cols[order]] = offset + np.arange(rows.size)
+        offset += rows.size
+        blocks.append(ReBlock(b.n_levels, b.q, tuple(map(tuple, index.tolist()))))
+    full = Structure(tuple(blocks), offset)
+    k, rows, cols = structure.parmap.T
+    return full, np.array([full.blocks[b].theta_index[r][c] for b, r, c in zip(k, rows, cols)], dtype=np.int64)
 
 
 def _search(theta, budget, rescale, scale, precondition, weights, extras, mask, gtol, cp: CrossProducts,

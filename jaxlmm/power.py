@@ -33,29 +33,10 @@ from .hosts import gather
 from .inference import difference_points, satterthwaite_from_jets, varpar_jets_lanes
 from .model import LinearMixedModel
 from .optimize import Control, OptSummary
+from .params import theta_from_covariance
 from .shapes import pad_response_products, pad_to_bucket
 
 TESTS = ("lrt", "pb", "satterthwaite")
-
-
-def _theta_from_covariance(design: Design, covariance: dict[str, np.ndarray], sigma: float) -> np.ndarray:
-    """lme4's theta from per-grouping-factor covariance matrices (Λ = chol(Σ)/σ, terms as the formula has)."""
-    theta = np.zeros(design.structure.n_theta)
-    for name, block in zip(design.group_names, design.structure.blocks):
-        if name not in covariance:
-            raise DataError(f"no covariance given for grouping factor {name!r}")
-        S = np.atleast_2d(np.asarray(covariance[name], dtype=float))
-        if S.shape != (block.q, block.q):
-            raise DataError(f"covariance for {name!r} must be {block.q} x {block.q}, got {S.shape}")
-        index = np.array(block.theta_index)
-        if np.any(np.abs(S[index < 0]) > 1e-12 * np.abs(S).max()):
-            raise DataError(f"covariance for {name!r} has covariances between uncorrelated terms")
-        try:
-            Lam = np.linalg.cholesky(S + 1e-300 * np.eye(block.q)) / sigma
-        except np.linalg.LinAlgError:
-            raise DataError(f"covariance for {name!r} is not positive semi-definite") from None
-        theta[index[index >= 0]] = Lam[index >= 0]
-    return theta
 
 
 def specified_model(design: Design, beta, theta, sigma: float) -> LinearMixedModel:
@@ -95,7 +76,7 @@ def power(formula: str, data: pd.DataFrame, fixef: dict[str, float], covariance:
     if missing:
         raise DataError(f"fixef lacks values for {sorted(missing)}")
     beta = np.array([fixef[k] for k in full.fixef_names])
-    theta = _theta_from_covariance(full, covariance, sigma)
+    theta = theta_from_covariance(full, covariance, sigma)
     truth = specified_model(full, beta, theta, sigma)
     if test == "satterthwaite":
         p_values, ok = _satterthwaite_p(truth, term, nsim, seed, progress)

@@ -8,6 +8,7 @@ import pandas as pd
 import scipy.special
 
 from .inference import satterthwaite_df
+from .params import ran_pars
 
 
 def coef_table(model) -> pd.DataFrame:
@@ -25,21 +26,6 @@ def coef_table(model) -> pd.DataFrame:
     )
 
 
-def ran_pars(covariances, sigma: float) -> list[tuple[str, str, float]]:
-    """(group, term, estimate) rows as broom.mixed names them: sd__x, cor__x.z, then sd__Observation;
-    ``covariances`` as from ``LinearMixedModel.term_covariances``."""
-    rows = []
-    for name, cols, S in covariances:
-        sd = np.sqrt(np.diag(S))
-        for i, c in enumerate(cols):
-            rows.append((name, f"sd__{c}", sd[i]))
-            for j in range(i + 1, len(cols)):
-                cor = S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
-                rows.append((name, f"cor__{c}.{cols[j]}", cor))
-    rows.append(("Residual", "sd__Observation", sigma))
-    return rows
-
-
 def tidy(model) -> pd.DataFrame:
     """broom.mixed's ``tidy(m)``: effect, group, term, estimate, std.error, statistic, df, p.value."""
     ct = coef_table(model)
@@ -48,7 +34,8 @@ def tidy(model) -> pd.DataFrame:
         "std.error": ct["Std. Error"].values, "statistic": ct["t value"].values, "df": ct["df"].values,
         "p.value": ct["Pr(>|t|)"].values,
     })
-    rand = pd.DataFrame(ran_pars(model.term_covariances(), model.sigma), columns=["group", "term", "estimate"])
+    rand = pd.DataFrame([(g, term, float(v)) for g, term, v in ran_pars(model.term_covariances(), model.sigma)],
+                        columns=["group", "term", "estimate"])
     rand.insert(0, "effect", "ran_pars")
     for col in ("std.error", "statistic", "df", "p.value"):
         rand[col] = np.nan
@@ -60,8 +47,8 @@ def ranef(model) -> pd.DataFrame:
     d = model.design
     frames = []
     for k, name in enumerate(d.group_names):
-        cols = [c for t in d.terms if t.block == k for c in t.columns]
-        modes, sds = model._modes[k], np.sqrt(np.diagonal(model.condvar[k], axis1=1, axis2=2))
+        cols = d.block_columns(k)
+        modes, sds = model.conditional_modes[k], np.sqrt(np.diagonal(model.condvar[k], axis1=1, axis2=2))
         for j, c in enumerate(cols):
             frames.append(pd.DataFrame({"grpvar": name, "term": c, "grp": list(d.group_levels[k]),
                                         "condval": modes[:, j], "condsd": sds[:, j]}))
@@ -73,12 +60,13 @@ def coef(model) -> dict[str, pd.DataFrame]:
     d = model.design
     out = {}
     fe = model.fixef
+    modes = model.conditional_modes
     for k, name in enumerate(d.group_names):
-        cols = [c for t in d.terms if t.block == k for c in t.columns]
+        cols = d.block_columns(k)
         table = pd.DataFrame(np.tile(fe.values, (len(d.group_levels[k]), 1)), columns=fe.index,
                              index=pd.Index(d.group_levels[k], name=name))
         for j, c in enumerate(cols):
-            table[c] = table.get(c, 0.0) + model._modes[k][:, j]
+            table[c] = table.get(c, 0.0) + modes[k][:, j]
         out[name] = table
     return out
 
@@ -99,9 +87,9 @@ def group_coefficients(model, group: str | None = None) -> pd.DataFrame:
     if slope is not None:
         out["slope"] = table[slope].values
     out[group] = list(d.group_levels[k])
-    cols = [c for t in d.terms if t.block == k for c in t.columns]
-    for j, c in enumerate(cols):
-        out["ranef_intercept" if c == "(Intercept)" else f"ranef_{c}"] = model._modes[k][:, j]
+    modes = model.conditional_modes[k]
+    for j, c in enumerate(d.block_columns(k)):
+        out["ranef_intercept" if c == "(Intercept)" else f"ranef_{c}"] = modes[:, j]
     return out
 
 
