@@ -13,14 +13,13 @@ from .cache import count_executables, default_folder, use_compilation_cache
 use_compilation_cache(default_folder())
 count_executables()
 
-from .batch import BatchFit, fit_batch
-from .bootstrap import pbtest
-from .compare import anova
+from .api import anova, fit_batch, lmer, pbtest, power, power_curve
+from .batch import BatchFit
 from .datasets import load_seed
 from .errors import DataError, FormulaError, JaxlmmError, ModelComparisonError
 from .formula import parse_formula
-from .model import ConvergenceWarning, LinearMixedModel, lmer
-from .power import power, power_curve
+from .model import ConvergenceWarning, LinearMixedModel
+from .params import Params
 
 __all__ = [
     "BatchFit",
@@ -30,6 +29,7 @@ __all__ = [
     "JaxlmmError",
     "LinearMixedModel",
     "ModelComparisonError",
+    "Params",
     "anova",
     "fit_batch",
     "lmer",

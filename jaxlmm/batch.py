@@ -11,6 +11,7 @@ never a stopping point.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,10 +22,13 @@ import pandas as pd
 
 from .cache import bound_executables
 from .crossprod import CrossProducts, response_products
-from .design import Structure
+from .design import Structure, theta_scale
 from .deviance import beta_hat, canonical_theta, factorize, profiled_deviance, sigma_hat
+from .errors import DataError
+from .hosts import gather
+from .kernel import criterion_hessian
 from .optimize import BatchControl, BFGSState, bfgs_steps, positive_inverse, small_gradient
-from .shapes import pad_response_products
+from .shapes import Problem, pad_response_products
 
 Y_FIELDS = ("A1y", "A2y", "AXy", "yy")
 CP_AXES = CrossProducts(*(0 if f in Y_FIELDS else None for f in CrossProducts._fields))
@@ -43,9 +47,10 @@ def _bfgs_lanes(state: BFGSState, scale, cp: CrossProducts, structure: Structure
     return jax.vmap(lane, in_axes=(0, 0, cp_axes))(state, scale, cp)
 
 
-def start_inverse_hessian(model, theta: np.ndarray, reml: bool) -> np.ndarray:
-    """|H|⁻¹ of the fitted model's criterion at ``theta`` (eigenvalues made positive), BFGS's start."""
-    return positive_inverse(model.criterion_hessian(theta, reml))
+def start_inverse_hessian(problem: Problem, theta: np.ndarray, reml: bool) -> np.ndarray:
+    """|H|⁻¹ of the criterion at ``theta`` (eigenvalues made positive), BFGS's start: a difference Hessian
+    through the single-fit kernel, which the model's fit already compiled."""
+    return positive_inverse(criterion_hessian(theta, problem.cp, problem.structure, reml, theta_scale(problem.design)))
 
 
 @partial(jax.jit, static_argnames=("structure", "cp_axes"))
@@ -197,8 +202,6 @@ class BatchFit:
 
     def gathered(self) -> BatchFit:
         """The fits of every process under ``jax.distributed`` (this one alone otherwise)."""
-        from .hosts import gather
-
         return BatchFit(gather(self.theta), gather(self.beta), gather(self.sigma), gather(self.criterion),
                         gather(self.converged), gather(self.iterations), self.fixef_names, self.reml)
 
@@ -219,8 +222,6 @@ class BatchFit:
 def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: int | None = None,
                   progress: bool | None = None) -> BatchFit:
     """Fit ``model``'s formula to each column of ``Y`` (n, B), warm-started at the model's theta."""
-    from .errors import DataError
-
     d = model.design
     Y = np.asarray(Y)
     if not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool) or np.iscomplexobj(Y):
@@ -237,70 +238,31 @@ def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: in
     if not np.all(np.isfinite(Y)):
         raise DataError("responses contain missing or infinite values")
     products = dict(zip(Y_FIELDS, response_products(Y, d.X, d.codes, d.Z, d.structure)))
-    return fit_products(model, products, reml, chunk_size, progress=progress)
+    return fit_products(model.problem, model.theta, products, model.reml if reml is None else reml, chunk_size,
+                        progress)
 
 
-def fit_products(model, products: dict[str, np.ndarray], reml: bool | None = None, chunk_size: int | None = None,
-                 progress: bool | None = None) -> BatchFit:
-    """Fit B responses given by their cross-products with the design (``Y_FIELDS``, batch axis first),
-    each lane warm-started at the model's theta with the model's Hessian."""
-    d = model.design
-    reml = model.reml if reml is None else reml
+def fit_products(problem: Problem, theta: np.ndarray, products: dict[str, np.ndarray], reml: bool,
+                 chunk_size: int | None = None, progress: bool | None = None) -> BatchFit:
+    """Fit B responses of ``problem``'s design given by their cross-products with it (``Y_FIELDS``, batch
+    axis first), each lane warm-started at ``theta`` with the criterion's Hessian there."""
+    d = problem.design
     B = products["yy"].shape[0]
-    scale = model.theta_scale
-    start = warm_start(model.theta, d.structure, scale)
-    products = pad_response_products(products, d.structure, model.structure, model.cp.AXX.shape[0])
+    scale = theta_scale(d)
+    start = warm_start(theta, d.structure, scale)
+    products = pad_response_products(products, d.structure, problem.structure, problem.cp.AXX.shape[0])
 
     def lane_cp(lanes):
-        return model.cp._replace(**{k: jnp.asarray(v[lanes]) for k, v in products.items()})
+        return problem.cp._replace(**{k: jnp.asarray(v[lanes]) for k, v in products.items()})
 
     theta, beta, sigma, crit, ok, steps = run_lanes(
-        lane_cp, np.tile(start, (B, 1)), np.tile(start_inverse_hessian(model, start, reml), (B, 1, 1)),
-        np.tile(scale, (B, 1)), model.structure, reml, CP_AXES, chunk_size, progress=progress)
+        lane_cp, np.tile(start, (B, 1)), np.tile(start_inverse_hessian(problem, start, reml), (B, 1, 1)),
+        np.tile(scale, (B, 1)), problem.structure, reml, CP_AXES, chunk_size, progress=progress)
     return BatchFit(theta, beta[:, : d.p], sigma, crit, ok, steps, list(d.fixef_names), reml)
-
-
-def fit_batch(formula: str, data: pd.DataFrame | None = None, responses: np.ndarray | None = None,
-              datasets: list[pd.DataFrame] | None = None, reml: bool = True, chunk_size: int | None = None,
-              progress: bool | None = None, by: str | None = None) -> BatchFit:
-    """Many fits of one formula in compiled, vmapped calls.
-
-    * ``fit_batch(f, data, responses=Y)``: each column of ``Y`` (n, B) as the response, all sharing
-      ``data``'s design; the model fitted to ``data``'s own response warm-starts every lane.
-    * ``fit_batch(f, datasets=[df1, ..., dfB])``: B data sets of any sizes and group counts, padded into a
-      few shape buckets (:mod:`jaxlmm.buckets`).  Each data set's theta is in its own lme4 order.
-    * ``fit_batch(f, data, by="replicate")``: one long frame holding B data sets, ``data[by]`` naming each;
-      results in the order of first appearance, the ``by`` values in ``labels`` (:func:`jaxlmm.buckets.fit_by`).
-
-    ``chunk_size`` is the number of lanes per compiled call (default :func:`default_chunk_size`).
-    """
-    from .errors import DataError
-    from .model import lmer
-
-    if by is not None:
-        if responses is not None or datasets is not None:
-            raise DataError("by= splits one long frame (data=...) into data sets; give neither responses nor datasets")
-        if data is None:
-            raise DataError("by= needs the long frame holding every data set (data=...)")
-        from .buckets import fit_by
-
-        return fit_by(formula, data, by, reml=reml, chunk_size=chunk_size, progress=progress)
-    if (responses is None) == (datasets is None):
-        raise DataError("give either responses (with data), datasets, or data with by=")
-    if datasets is not None:
-        from .buckets import fit_datasets
-
-        return fit_datasets(formula, datasets, reml=reml, chunk_size=chunk_size, progress=progress)
-    if data is None:
-        raise DataError("responses need the data they share (data=...)")
-    return fit_responses(lmer(formula, data, reml=reml), responses, reml=reml, chunk_size=chunk_size,
-                         progress=progress)
 
 
 def _progress(enabled: bool | None, total: int, desc: str):
     """A tqdm bar over ``total`` items when enabled (default: when stderr is a terminal)."""
-    import sys
-
     if enabled is None:
         enabled = sys.stderr.isatty() and total > 1
     if not enabled:

@@ -3,13 +3,11 @@
 * :func:`simulate` — lme4's ``simulate``: new spherical random effects ``u ~ N(0, I)``,
   ``y* = Xβ̂ + σ̂ ZΛu + σ̂ε``.
 * :func:`bootstrap` — lme4's ``bootMer``: refit the model to each simulated response (batched).
-* :func:`pbtest` — pbkrtest's ``PBmodcomp`` (Halekoh & Højsgaard 2014): simulate from the smaller model,
-  refit both by ML to every simulated response, p = (1 + #{LRT* ≥ LRT}) / (1 + #valid).
+
+The simulations take a design and :class:`~jaxlmm.params.Params` (fitted or specified), not a model.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,44 +15,45 @@ import scipy.sparse as sp
 import scipy.special
 
 from .batch import Y_FIELDS, BatchFit, fit_products
-from .compare import same_observations
 from .crossprod import response_products, sparse_Z
-from .errors import ModelComparisonError
+from .design import Design
 from .hosts import process_share
-from .params import ran_pars, term_covariances
+from .params import Params, ran_pars, term_covariances
+from .shapes import Problem
 
 SIMULATION_BLOCK = 10_000  # responses drawn per block: bounds memory for any nsim
 
 
-def simulate_blocks(model, nsim: int, seed: int | None = None):
-    """Yield simulated responses in (n, <= SIMULATION_BLOCK) blocks from one random stream."""
+def simulate_blocks(design: Design, params: Params, nsim: int, seed: int | None = None):
+    """Yield responses simulated from ``design`` with ``params`` in (n, <= SIMULATION_BLOCK) blocks from one
+    random stream."""
     rng = np.random.default_rng(seed)
-    d = model.design
-    mean = d.X @ model.fixef.values
-    Zs = [(sparse_Z(codes, Z, b.n_levels), b.lambda_of(model.theta), b)
-          for b, Z, codes in zip(d.structure.blocks, d.Z, d.codes)]
+    mean = design.X @ params.beta
+    Zs = [(sparse_Z(codes, Z, b.n_levels), b.lambda_of(params.theta), b)
+          for b, Z, codes in zip(design.structure.blocks, design.Z, design.codes)]
     for first in range(0, nsim, SIMULATION_BLOCK):
         size = min(SIMULATION_BLOCK, nsim - first)
-        effects = [(model.sigma * rng.standard_normal((size, b.n_levels, b.q)) @ Lam.T).reshape(size, -1).T
+        effects = [(params.sigma * rng.standard_normal((size, b.n_levels, b.q)) @ Lam.T).reshape(size, -1).T
                    for _, Lam, b in Zs]  # level-major columns; drawn before the residuals
-        Y = rng.standard_normal((d.n, size))  # built in place: σε + Xβ + Σ Z_k b_k
-        Y *= model.sigma
+        Y = rng.standard_normal((design.n, size))  # built in place: σε + Xβ + Σ Z_k b_k
+        Y *= params.sigma
         Y += mean[:, None]
         for (Zk, _, _), b in zip(Zs, effects):
             Y += Zk @ b
         yield Y
 
 
-def simulate(model, nsim: int = 1, seed: int | None = None) -> np.ndarray:
-    """``nsim`` responses simulated from the fitted model, as an (n, nsim) array (lme4's ``simulate``)."""
-    return np.hstack(list(simulate_blocks(model, nsim, seed)))
+def simulate(design: Design, params: Params, nsim: int = 1, seed: int | None = None) -> np.ndarray:
+    """``nsim`` responses simulated from ``design`` with ``params``, as an (n, nsim) array (lme4's
+    ``simulate``; MixedModels.jl's ``simulate!(rng, m; β, σ, θ)``)."""
+    return np.hstack(list(simulate_blocks(design, params, nsim, seed)))
 
 
-def simulated_products(models, nsim: int, seed: int | None = None, simulation: str = "plain"
-                       ) -> list[dict[str, np.ndarray]]:
-    """For each model in ``models``, the y-dependent cross-products of ``nsim`` responses simulated from
-    the first model, in blocks, so that Y is never held whole (a million fits fit in memory).  Under
-    ``jax.distributed``, only this process's share (:mod:`jaxlmm.hosts`).
+def simulated_products(designs: list[Design], params: Params, nsim: int, seed: int | None = None,
+                       simulation: str = "plain") -> list[dict[str, np.ndarray]]:
+    """For each design in ``designs``, the y-dependent cross-products of ``nsim`` responses simulated from
+    the first design with ``params``, in blocks, so that Y is never held whole (a million fits fit in
+    memory).  Under ``jax.distributed``, only this process's share (:mod:`jaxlmm.hosts`).
 
     ``simulation="plain"`` simulates y as lme4's ``simulate`` does (the same stream as :func:`simulate`);
     ``"direct"`` draws the products themselves (:func:`direct_products`): exact in distribution, much
@@ -62,31 +61,29 @@ def simulated_products(models, nsim: int, seed: int | None = None, simulation: s
     """
     nsim, seed = process_share(nsim, seed)  # under jax.distributed: this process's share only
     if simulation == "direct":
-        return direct_products(models, nsim, seed)
+        return direct_products(designs, params, nsim, seed)
     if simulation != "plain":
         raise ValueError("simulation must be 'plain' or 'direct'")
-    parts = [[] for _ in models]
-    for Y in simulate_blocks(models[0], nsim, seed):
-        for part, m in zip(parts, models):
-            d = m.design
+    parts = [[] for _ in designs]
+    for Y in simulate_blocks(designs[0], params, nsim, seed):
+        for part, d in zip(parts, designs):
             part.append(response_products(Y, d.X, d.codes, d.Z, d.structure))
     return [{k: np.concatenate([p[j] for p in part]) for j, k in enumerate(Y_FIELDS)} for part in parts]
 
 
-def direct_products(models, nsim: int, seed: int | None = None) -> list[dict[str, np.ndarray]]:
+def direct_products(designs: list[Design], params: Params, nsim: int, seed: int | None = None
+                    ) -> list[dict[str, np.ndarray]]:
     """The products ``Kᵀy*`` and ``y*ᵀy*`` of simulated responses, drawn without forming y*.
 
-    With ``K = [Z X]`` of all the models (n × m), ``y* = Kc + σε`` where ``c`` stacks the generating model's
-    β and new random effects.  ``Kᵀε ~ N(0, C)``, ``C = KᵀK = RRᵀ``, so ``Kᵀε = Rz`` with z ~ N(0, I_r), and
+    With ``K = [Z X]`` of all the designs (n × m), ``y* = Kc + σε`` where ``c`` stacks the generating
+    parameters' β and new random effects.  ``Kᵀε ~ N(0, C)``, ``C = KᵀK = RRᵀ``, so ``Kᵀε = Rz`` with z ~ N(0, I_r), and
     ``εᵀε = zᵀz + χ²_{n−r}`` (the projection of ε on span K and its independent complement).  Hence
     ``Kᵀy* = Cc + σRz`` and ``y*ᵀy* = cᵀCc + 2σ cᵀRz + σ²(zᵀz + χ²_{n−r})``: m + 1 draws per response
     instead of n.
     """
-    gen = models[0]
-    n = gen.design.n
-    pieces, owner = [], []  # columns of K: each model's Z blocks then its X; owner = model index
-    for k, m in enumerate(models):
-        d = m.design
+    n = designs[0].n
+    pieces, owner = [], []  # columns of K: each design's Z blocks then its X; owner = design index
+    for k, d in enumerate(designs):
         pieces += [sparse_Z(codes, Z, b.n_levels) for codes, Z, b in zip(d.codes, d.Z, d.structure.blocks)]
         pieces.append(sp.csr_matrix(d.X))
         owner += [k] * (len(d.structure.blocks) + 1)
@@ -97,39 +94,41 @@ def direct_products(models, nsim: int, seed: int | None = None) -> list[dict[str
     R = V[:, keep] * np.sqrt(e[keep])
     rank = int(keep.sum())
     bounds = np.cumsum([0] + [p.shape[1] for p in pieces])
-    d0 = gen.design
+    d0 = designs[0]
     rng = np.random.default_rng(seed)
-    parts: list[dict[str, list]] = [{f: [] for f in Y_FIELDS} for _ in models]
+    parts: list[dict[str, list]] = [{f: [] for f in Y_FIELDS} for _ in designs]
     for first in range(0, nsim, SIMULATION_BLOCK):
         size = min(SIMULATION_BLOCK, nsim - first)
         c = np.zeros((K.shape[1], size))
-        for j, b in enumerate(d0.structure.blocks):  # the generating model's pieces come first
+        for j, b in enumerate(d0.structure.blocks):  # the generating design's pieces come first
             u = rng.standard_normal((size, b.n_levels, b.q))
-            Lam = b.lambda_of(gen.theta)
-            c[bounds[j]:bounds[j + 1]] = (gen.sigma * u @ Lam.T).reshape(size, -1).T
+            Lam = b.lambda_of(params.theta)
+            c[bounds[j]:bounds[j + 1]] = (params.sigma * u @ Lam.T).reshape(size, -1).T
         x_piece = len(d0.structure.blocks)
-        c[bounds[x_piece]:bounds[x_piece + 1]] = gen.fixef.values[:, None]
+        c[bounds[x_piece]:bounds[x_piece + 1]] = np.asarray(params.beta)[:, None]
         z = rng.standard_normal((rank, size))
         chi2 = rng.chisquare(n - rank, size) if n > rank else np.zeros(size)
         Rz = R @ z
         Cc = C @ c
-        Kty = Cc + gen.sigma * Rz
-        yty = np.einsum("ib,ib->b", c, Cc) + 2 * gen.sigma * np.einsum("ib,ib->b", c, Rz) \
-            + gen.sigma**2 * (np.einsum("ib,ib->b", z, z) + chi2)
-        for k, m in enumerate(models):
+        Kty = Cc + params.sigma * Rz
+        yty = np.einsum("ib,ib->b", c, Cc) + 2 * params.sigma * np.einsum("ib,ib->b", c, Rz) \
+            + params.sigma**2 * (np.einsum("ib,ib->b", z, z) + chi2)
+        for k, d in enumerate(designs):
             rows = [Kty[lo:hi].T for o, lo, hi in zip(owner, bounds[:-1], bounds[1:]) if o == k]
-            b1 = m.design.structure.blocks[0]
+            b1 = d.structure.blocks[0]
             parts[k]["A1y"].append(rows[0].reshape(size, b1.n_levels, b1.q))
             parts[k]["A2y"].append(np.hstack(rows[1:-1]) if len(rows) > 2 else np.zeros((size, 0)))
             parts[k]["AXy"].append(rows[-1])
             parts[k]["yy"].append(yty)
     return [{f: np.concatenate(v) for f, v in part.items()} for part in parts]
 
-def bootstrap(model, nsim: int = 1000, seed: int | None = None, progress: bool | None = None,
-              simulation: str = "plain") -> BatchFit:
-    """Parametric bootstrap (``bootMer``): the model refitted to ``nsim`` simulated responses."""
-    (products,) = simulated_products([model], nsim, seed, simulation)
-    return fit_products(model, products, progress=progress).gathered()
+
+def bootstrap(problem: Problem, params: Params, reml: bool, nsim: int = 1000, seed: int | None = None,
+              progress: bool | None = None, simulation: str = "plain") -> BatchFit:
+    """Parametric bootstrap (``bootMer``; MixedModels.jl's ``parametricbootstrap(rng, n, m; β, σ, θ)``): the
+    model refitted to ``nsim`` responses simulated with ``params``, warm-started there."""
+    (products,) = simulated_products([problem.design], params, nsim, seed, simulation)
+    return fit_products(problem, params.theta, products, reml, progress=progress).gathered()
 
 
 def bootstrap_table(model, fits: BatchFit) -> pd.DataFrame:
@@ -151,48 +150,9 @@ def confint(model, method: str = "wald", level: float = 0.95, nsim: int = 1000, 
         return pd.DataFrame({f"{100 * alpha:.1f} %": est - z * se, f"{100 * (1 - alpha):.1f} %": est + z * se},
                             index=model.fixef.index)
     if method == "boot":
-        fits = bootstrap(model, nsim, seed)
+        fits = bootstrap(model.problem, model.params, model.reml, nsim, seed)
         table = bootstrap_table(model, fits)[fits.converged]
         q = table.quantile([alpha, 1 - alpha]).T
         q.columns = [f"{100 * alpha:.1f} %", f"{100 * (1 - alpha):.1f} %"]
         return q
     raise ValueError("method must be 'wald' or 'boot'")
-
-
-@dataclass
-class PBTest:
-    """pbkrtest's PBmodcomp result."""
-
-    lrt: float  # observed statistic 2 (logLik_large − logLik_small), both by ML
-    df: int
-    p_chisq: float
-    p_boot: float
-    reference: np.ndarray  # the bootstrap LRT statistics of the valid replicates
-    n_failed: int
-    nsim: int
-
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame({"stat": [self.lrt, self.lrt], "df": [self.df, np.nan],
-                             "p.value": [self.p_chisq, self.p_boot]}, index=["LRT", "PBtest"])
-
-
-def pbtest(large, small, nsim: int = 1000, seed: int | None = None, progress: bool | None = None,
-           simulation: str = "plain") -> PBTest:
-    """Parametric bootstrap LRT of ``small`` nested in ``large`` (pbkrtest's ``PBmodcomp``).
-
-    ``simulation="direct"`` draws the simulated responses' cross-products directly (see
-    :func:`direct_products`): the same distribution, several times cheaper, another random stream."""
-    same_observations([large, small])
-    large_ml, small_ml = (m.refit_ml() for m in (large, small))
-    if small_ml.npar >= large_ml.npar:
-        raise ModelComparisonError("the first model must have more parameters than the second")
-    lrt = max(0.0, 2 * (large_ml.loglik - small_ml.loglik))
-    df = large_ml.npar - small_ml.npar
-    small_products, large_products = simulated_products([small_ml, large_ml], nsim, seed, simulation)
-    fit_small = fit_products(small_ml, small_products, reml=False, progress=progress).gathered()
-    fit_large = fit_products(large_ml, large_products, reml=False, progress=progress).gathered()
-    ok = fit_small.converged & fit_large.converged
-    reference = np.maximum(0.0, fit_small.criterion - fit_large.criterion)[ok]
-    p_boot = (1 + np.sum(reference >= lrt)) / (1 + reference.size)
-    return PBTest(lrt, df, float(scipy.special.chdtrc(df, lrt)), float(p_boot), reference,
-                  int((~ok).sum()), nsim)

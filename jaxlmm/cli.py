@@ -22,11 +22,9 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .bootstrap import PBTest, pbtest
-from .compare import anova
+from .api import PBTest, anova, lmer, pbtest, power
 from .errors import DataError, FormulaError, JaxlmmError
-from .model import LinearMixedModel, lmer
-from .power import power
+from .model import LinearMixedModel
 
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip", ".zst")
 EXAMPLES = """examples:

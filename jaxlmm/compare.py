@@ -1,21 +1,31 @@
-"""Likelihood-ratio comparison of nested models: lme4's ``anova(m1, m2, ...)``."""
+"""Comparisons of nested models: lme4's ``anova(m1, m2, ...)`` and pbkrtest's ``PBmodcomp``.
+
+* :func:`anova` — likelihood-ratio table, REML fits refitted by ML, optionally a bootstrap p-value column;
+* :func:`pbtest` — the parametric bootstrap LRT (Halekoh & Højsgaard 2014): simulate from the smaller
+  model, refit both by ML to every simulated response, p = (1 + #{LRT* ≥ LRT}) / (1 + #valid)
+  (:func:`bootstrap_p_value`); :func:`simulated_lrt` is the refitting step, which power analysis shares.
+"""
 
 from __future__ import annotations
 
 import itertools
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.special
 
+from .batch import fit_products
+from .bootstrap import simulated_products
 from .errors import ModelComparisonError
+from .model import LinearMixedModel
+from .params import Params
+from .shapes import Problem
 
 
 def _check_models(models) -> None:
     """Every argument is a fitted model (lme4's anova dispatches on merMod objects only)."""
-    from .model import LinearMixedModel
-
     for k, m in enumerate(models):
         if not isinstance(m, LinearMixedModel):
             raise ModelComparisonError(f"argument {k + 1} is a {type(m).__name__}, not a fitted model from "
@@ -74,10 +84,65 @@ def anova(*models, names: list[str] | None = None, nsim: int = 0, seed: int | No
         index=pd.Index([names[k] for k in order]),
     )
     if nsim > 0:
-        from .bootstrap import pbtest
-
         table["Pr(boot)"] = [np.nan] + [
             pbtest(large, small, nsim, seed, progress).p_boot if large.npar > small.npar else np.nan
             for small, large in itertools.pairwise(fits)
         ]
     return table
+
+
+def bootstrap_p_value(reference: np.ndarray, observed) -> np.ndarray:
+    """``(1 + #{reference ≥ observed}) / (1 + #reference)`` (pbkrtest's ``PBmodcomp``), for each observed."""
+    reference = np.sort(np.asarray(reference, dtype=float))
+    return (1 + reference.size - np.searchsorted(reference, observed, side="left")) / (1 + reference.size)
+
+
+def simulated_lrt(small: Problem, small_theta: np.ndarray, large: Problem, large_theta: np.ndarray, params: Params,
+                  from_large: bool, nsim: int, seed: int | None = None, simulation: str = "plain",
+                  progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``2(ℓ_large − ℓ_small)`` (clipped at 0) of both models refitted by ML, warm-started at the given θ, to
+    ``nsim`` responses simulated with ``params`` from the large or the small design; and whether both fits
+    of each replicate converged.  Under ``jax.distributed`` every process returns all replicates."""
+    designs = [large.design, small.design] if from_large else [small.design, large.design]
+    products = simulated_products(designs, params, nsim, seed, simulation)
+    large_products, small_products = products if from_large else products[::-1]
+    fit_small = fit_products(small, small_theta, small_products, reml=False, progress=progress).gathered()
+    fit_large = fit_products(large, large_theta, large_products, reml=False, progress=progress).gathered()
+    return np.maximum(0.0, fit_small.criterion - fit_large.criterion), fit_small.converged & fit_large.converged
+
+
+@dataclass(frozen=True)
+class PBTest:
+    """pbkrtest's PBmodcomp result."""
+
+    lrt: float  # observed statistic 2 (logLik_large − logLik_small), both by ML
+    df: int
+    p_chisq: float
+    p_boot: float
+    reference: np.ndarray  # the bootstrap LRT statistics of the valid replicates
+    n_failed: int
+    nsim: int
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame({"stat": [self.lrt, self.lrt], "df": [self.df, np.nan],
+                             "p.value": [self.p_chisq, self.p_boot]}, index=["LRT", "PBtest"])
+
+
+def pbtest(large: LinearMixedModel, small: LinearMixedModel, nsim: int = 1000, seed: int | None = None,
+           progress: bool | None = None, simulation: str = "plain") -> PBTest:
+    """Parametric bootstrap LRT of ``small`` nested in ``large`` (pbkrtest's ``PBmodcomp``).
+
+    ``simulation="direct"`` draws the simulated responses' cross-products directly (see
+    :func:`~jaxlmm.bootstrap.direct_products`): the same distribution, several times cheaper, another
+    random stream."""
+    same_observations([large, small])
+    large_ml, small_ml = (m.refit_ml() for m in (large, small))
+    if small_ml.npar >= large_ml.npar:
+        raise ModelComparisonError("the first model must have more parameters than the second")
+    lrt = max(0.0, 2 * (large_ml.loglik - small_ml.loglik))
+    df = large_ml.npar - small_ml.npar
+    statistics, ok = simulated_lrt(small_ml.problem, small_ml.theta, large_ml.problem, large_ml.theta,
+                                   small_ml.params, False, nsim, seed, simulation, progress)
+    reference = statistics[ok]
+    return PBTest(lrt, df, float(scipy.special.chdtrc(df, lrt)), float(bootstrap_p_value(reference, lrt)),
+                  reference, int((~ok).sum()), nsim)

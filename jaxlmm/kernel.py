@@ -21,9 +21,17 @@ import numpy as np
 
 from .crossprod import CrossProducts
 from .design import ReBlock, Structure
-from .deviance import beta_hat, column_signs, factorize, logdet_RX, unscaled_vcov, weighted_criterion
+from .deviance import (
+    beta_hat,
+    column_signs,
+    factorize,
+    logdet_RX,
+    profiled_weights,
+    unscaled_vcov,
+    weighted_criterion,
+)
 from .modes import conditional_modes, conditional_variances
-from .optimize import Control, best_scaled, bfgs_start, bfgs_steps
+from .optimize import Control, best_scaled, bfgs_start, bfgs_steps, difference_hessian
 
 
 class FittedParts(NamedTuple):
@@ -139,6 +147,20 @@ def criterion_search(theta, budget: int, rescale: bool, scale, precondition, wei
     r = jax.device_get(_search_kernel(embed(theta, 0.0), budget, rescale, embed(scale, 1.0), embed(precondition, 0.0),
                                       np.asarray(weights, dtype=float), extras, embed(1.0, 0.0), gtol, cp, full))
     return r._replace(theta=r.theta[slots], g=r.g[slots], signs=r.signs[slots])
+
+
+def criterion_and_gradient(theta, cp: CrossProducts, structure: Structure, reml: bool, scale: np.ndarray
+                           ) -> tuple[float, np.ndarray]:
+    """The profiled criterion (REML or ML) and its exact gradient at theta (inf and 0 where not finite)."""
+    r = evaluate(theta, cp, structure, profiled_weights(float(cp.n), float(cp.p), reml, xp=np), scale)
+    return float(r.f), np.asarray(r.g)
+
+
+def criterion_hessian(theta, cp: CrossProducts, structure: Structure, reml: bool, scale: np.ndarray) -> np.ndarray:
+    """The criterion's Hessian at theta, by central differences of the exact gradient (2·len(theta)
+    gradients through the same compiled kernel)."""
+    return difference_hessian(partial(criterion_and_gradient, cp=cp, structure=structure, reml=reml, scale=scale),
+                              np.asarray(theta, dtype=float), scale)
 
 
 def evaluate(theta: np.ndarray, cp: CrossProducts, structure: Structure, weights, scale: np.ndarray,

@@ -1,32 +1,33 @@
-"""The fitted model (lme4's ``mkMerMod``) and :func:`lmer`, the pipeline that makes it.
+"""The fitted model (lme4's ``mkMerMod``) and :func:`fit_problem`, the pipeline stage that makes it.
 
-``lmer`` = :func:`~jaxlmm.formula.parse_formula` -> :func:`~jaxlmm.design.build_design`
--> :func:`~jaxlmm.crossprod.crossproducts` padded to a shape bucket (:mod:`jaxlmm.shapes`)
+:func:`jaxlmm.api.lmer` = :func:`~jaxlmm.formula.parse_formula` -> :func:`~jaxlmm.design.build_design`
+-> :func:`~jaxlmm.shapes.padded_problem` (cross-products padded to a shape bucket)
 -> :func:`~jaxlmm.optimize.minimize_theta` over the compiled :func:`~jaxlmm.kernel.criterion_search`
--> :class:`LinearMixedModel`.
+-> :func:`fit_result` -> :class:`LinearMixedModel`.
 """
 
 from __future__ import annotations
 
 import functools
+import html
 import math
 import warnings
-from functools import partial
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from . import rsq, tables
+from .bootstrap import bootstrap, confint, simulate
 from .cache import bound_executables
-from .crossprod import CrossProducts, crossproducts
-from .design import Design, Structure, build_design, new_design_matrices, theta_start
+from .crossprod import CrossProducts
+from .design import Design, Structure, new_design_matrices, theta_precondition, theta_scale, theta_start
 from .deviance import LOG_2PI, profiled_weights
 from .errors import JaxlmmError
-from .formula import parse_formula
-from .kernel import criterion_search, evaluate, random_effect_variances
-from .optimize import Control, OptSummary, difference_hessian, minimize_theta
+from .kernel import criterion_hessian, criterion_search, evaluate, random_effect_variances
+from .optimize import Control, OptSummary, minimize_theta
 from .params import Params, TermCovariance, term_covariances, varcorr_rows
-from .shapes import pad_to_bucket
+from .shapes import Problem, padded_problem
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta entries with a zero lower bound
 
@@ -35,110 +36,119 @@ class ConvergenceWarning(UserWarning):
     """The optimiser did not reach a point where the projected gradient vanishes."""
 
 
-def criterion_and_gradient(theta, cp: CrossProducts, structure: Structure, reml: bool, scale: np.ndarray
-                           ) -> tuple[float, np.ndarray]:
-    """The profiled criterion and its gradient at theta (inf and 0 where not finite)."""
-    weights = profiled_weights(float(cp.n), float(cp.p), reml, xp=np)
-    r = evaluate(theta, cp, structure, weights, scale)
-    return float(r.f), np.asarray(r.g)
+@dataclass(frozen=True)
+class FitResult:
+    """What a fit found, filled once by :func:`fit_result` (MixedModels.jl keeps the same on its model)."""
+
+    params: Params  # β̂, θ̂, σ̂
+    criterion: float  # the REML criterion or the ML deviance at θ̂
+    ml_deviance: float  # -2 log-likelihood at (β̂, θ̂, σ̂) (lme4's deviance(m, REML = FALSE))
+    vcov_unscaled: np.ndarray  # (p, p) (R_XᵀR_X)⁻¹: vcov(β̂) = σ̂² × this
+    modes: tuple[np.ndarray, ...]  # per block (levels, q): b̂ = Λû
+    opt: OptSummary
 
 
-def theta_scale(design: Design) -> np.ndarray:
-    """Per theta entry, 1 / root mean square of the Z column of its Lambda row (1 for a zero column)."""
-    blocks, rows, _ = design.structure.parmap.T
-    rms = np.array([np.sqrt(np.mean(design.Z[k][:, r] ** 2)) for k, r in zip(blocks, rows)])
-    return np.where(rms > 0, 1.0 / np.where(rms > 0, rms, 1.0), 1.0)
+def fit_result(problem: Problem, reml: bool, opt: OptSummary) -> FitResult:
+    """The estimates at the optimiser's θ, from the fit's kernel (:class:`~jaxlmm.kernel.FittedParts`)."""
+    design = problem.design
+    n, p = design.n, design.p
+    parts = evaluate(opt.theta, problem.cp, problem.structure, profiled_weights(n, p, reml, xp=np),
+                     theta_scale(design), extras=True).parts
+    nu = n - p if reml else n
+    r2 = float(parts.r2)
+    sigma = math.sqrt(r2 / nu)
+    return FitResult(
+        params=Params(np.asarray(parts.beta)[:p], np.asarray(opt.theta), sigma),  # X's padded columns are inert
+        criterion=float(parts.logdet_M + (parts.logdet_RX if reml else 0.0) + nu * (1.0 + LOG_2PI + math.log(r2 / nu))),
+        ml_deviance=float(parts.logdet_M + n * (LOG_2PI + 2.0 * math.log(sigma)) + r2 / sigma**2),
+        vcov_unscaled=np.asarray(parts.vcov_unscaled)[:p, :p],
+        modes=tuple(real_levels(design, parts.modes)),
+        opt=opt,
+    )
 
 
-def theta_precondition(design: Design, scale: np.ndarray) -> np.ndarray:
-    """A guess of the inverse Hessian's diagonal, up to a factor: ``scale² / levels`` of each theta's
-    grouping factor (the criterion's curvature in a variance parameter grows with its number of levels;
-    on InstEval a factor with 14 levels sits beside ones with 1,128 and 2,972)."""
-    levels = np.array([design.structure.blocks[k].n_levels for k in design.structure.parmap[:, 0]])
-    return scale**2 / levels
+def real_levels(design: Design, per_block) -> list[np.ndarray]:
+    """Per-block arrays over the padded levels cut to the design's real levels."""
+    return [np.asarray(a)[: b.n_levels] for a, b in zip(per_block, design.structure.blocks)]
 
 
 # ---------------------------------------------------------------- the fitted model
 class LinearMixedModel:
     """A linear mixed model fitted by ML or REML; the attributes mirror lme4's accessors.
 
-    ``cp`` and ``structure`` are the cross-products padded to their shape bucket and the padded structure
-    (:mod:`jaxlmm.shapes`), which every compiled kernel sees; ``design`` keeps the real sizes and names.
+    ``problem`` is the design with its padded cross-products (:class:`~jaxlmm.shapes.Problem`, what every
+    compiled kernel sees), ``result`` the frozen record of the fit (:class:`FitResult`).
     """
 
-    def __init__(self, design: Design, cp: CrossProducts, structure: Structure, reml: bool, opt: OptSummary):
-        self.design = design
-        self.cp = cp
-        self.structure = structure
+    def __init__(self, problem: Problem, reml: bool, result: FitResult):
+        self.problem = problem
         self.reml = reml
-        self.opt = opt
-        self.formula = design.formula.text
-        parts = evaluate(opt.theta, cp, structure, profiled_weights(design.n, design.p, reml, xp=np),
-                         self.theta_scale, extras=True).parts
-        n, p = design.n, design.p
-        nu = n - p if reml else n
-        r2 = float(parts.r2)
-        self._criterion = float(parts.logdet_M + (parts.logdet_RX if reml else 0.0)
-                                + nu * (1.0 + LOG_2PI + math.log(r2 / nu)))
-        self._beta = np.asarray(parts.beta)[:p]  # the leading block: the rest are inert padded columns
-        self._sigma = math.sqrt(r2 / nu)
-        self._vcov_unscaled = np.asarray(parts.vcov_unscaled)[:p, :p]
-        self._ml_deviance = float(parts.logdet_M + n * (LOG_2PI + 2.0 * math.log(self._sigma)) + r2 / self._sigma**2)
-        self._modes = self._real_levels(parts.modes)
+        self.result = result
 
-    def _real_levels(self, per_block) -> list[np.ndarray]:
-        """Per-block arrays over the padded levels cut to the design's real levels."""
-        return [np.asarray(a)[: b.n_levels] for a, b in zip(per_block, self.design.structure.blocks)]
+    @property
+    def design(self) -> Design:
+        return self.problem.design
+
+    @property
+    def cp(self) -> CrossProducts:
+        return self.problem.cp
+
+    @property
+    def structure(self) -> Structure:
+        return self.problem.structure
+
+    @property
+    def opt(self) -> OptSummary:
+        return self.result.opt
+
+    @property
+    def formula(self) -> str:
+        return self.design.formula.text
 
     @functools.cached_property
     def theta_scale(self) -> np.ndarray:
-        """The optimiser's scale of each theta entry (:func:`theta_scale`)."""
+        """The optimiser's scale of each theta entry (:func:`~jaxlmm.design.theta_scale`)."""
         return theta_scale(self.design)
 
-    def criterion_and_gradient(self, theta: np.ndarray, reml: bool | None = None) -> tuple[float, np.ndarray]:
-        """The criterion (REML or ML; the fit's by default) and its exact gradient at theta."""
-        reml = self.reml if reml is None else reml
-        return criterion_and_gradient(theta, self.cp, self.structure, reml, self.theta_scale)
-
     def criterion_hessian(self, theta: np.ndarray, reml: bool | None = None) -> np.ndarray:
-        """The criterion's Hessian at theta, by central differences of the exact gradient (2·len(theta)
-        gradients through the fit's own compiled kernel)."""
-        return difference_hessian(partial(self.criterion_and_gradient, reml=reml), np.asarray(theta, dtype=float),
-                                  self.theta_scale)
+        """The criterion's (REML or ML; the fit's by default) Hessian at theta, by central differences of
+        the exact gradient."""
+        return criterion_hessian(theta, self.cp, self.structure, self.reml if reml is None else reml,
+                                 self.theta_scale)
 
     @functools.cached_property
     def condvar(self) -> list[np.ndarray]:
         """``Var(b | y)`` per grouping factor, (levels, q, q) each; computed on first use."""
-        return self._real_levels(random_effect_variances(self.theta, self._sigma, self.cp, self.structure))
+        return real_levels(self.design, random_effect_variances(self.theta, self.sigma, self.cp, self.structure))
 
     # ----------------------------------------------------------- basic accessors
     @property
-    def theta(self) -> np.ndarray:
-        """lme4's ``getME(m, "theta")``."""
-        return np.asarray(self.opt.theta)
-
-    @property
     def params(self) -> Params:
         """The estimates (β̂, θ̂, σ̂) as :class:`~jaxlmm.params.Params`."""
-        return Params(self._beta.copy(), self.theta.copy(), self._sigma)
+        return self.result.params
+
+    @property
+    def theta(self) -> np.ndarray:
+        """lme4's ``getME(m, "theta")``."""
+        return self.result.params.theta.copy()
 
     @property
     def conditional_modes(self) -> list[np.ndarray]:
         """``b̂ = Λû`` per grouping factor (levels, q), in the design's block order (lme4's ``ranef``)."""
-        return [b.copy() for b in self._modes]
+        return [b.copy() for b in self.result.modes]
 
     @property
     def fixef(self) -> pd.Series:
-        return pd.Series(self._beta, index=self.design.fixef_names, name="estimate")
+        return pd.Series(self.result.params.beta, index=self.design.fixef_names, name="estimate")
 
     @property
     def sigma(self) -> float:
-        return self._sigma
+        return self.result.params.sigma
 
     @property
     def vcov(self) -> pd.DataFrame:
         names = self.design.fixef_names
-        return pd.DataFrame(self._sigma**2 * self._vcov_unscaled, index=names, columns=names)
+        return pd.DataFrame(self.sigma**2 * self.result.vcov_unscaled, index=names, columns=names)
 
     @property
     def nobs(self) -> int:
@@ -161,17 +171,17 @@ class LinearMixedModel:
     @property
     def loglik(self) -> float:
         """Log-likelihood of the criterion fitted (the REML log-likelihood for REML fits), as R's logLik."""
-        return -0.5 * self._criterion
+        return -0.5 * self.result.criterion
 
     @property
     def deviance(self) -> float:
         """-2 x the ML log-likelihood at the estimates (lme4's ``deviance(m, REML = FALSE)``)."""
-        return self._ml_deviance
+        return self.result.ml_deviance
 
     @property
     def reml_criterion(self) -> float | None:
         """The REML criterion at convergence (None for an ML fit)."""
-        return self._criterion if self.reml else None
+        return self.result.criterion if self.reml else None
 
     @property
     def aic(self) -> float:
@@ -194,18 +204,18 @@ class LinearMixedModel:
     # ----------------------------------------------------------- covariance parameters
     def term_covariances(self) -> list[TermCovariance]:
         """(unique group name, column names, σ²ΛΛᵀ) per random-effects term in lme4's order."""
-        return term_covariances(self.design, self.theta, self._sigma)
+        return term_covariances(self.design, self.theta, self.sigma)
 
     @property
     def varcorr(self) -> pd.DataFrame:
         """R's ``as.data.frame(VarCorr(m))``: grp, var1, var2, vcov, sdcor (with the Residual row)."""
-        return pd.DataFrame(varcorr_rows(self.term_covariances(), self._sigma),
+        return pd.DataFrame(varcorr_rows(self.term_covariances(), self.sigma),
                             columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
     # ----------------------------------------------------------- values
     def _random_part(self, Z: list[np.ndarray], codes: list[np.ndarray]) -> np.ndarray:
         out = np.zeros(Z[0].shape[0])
-        for Zk, ck, bk in zip(Z, codes, self._modes):
+        for Zk, ck, bk in zip(Z, codes, self.result.modes):
             seen = ck >= 0
             out[seen] += np.einsum("ij,ij->i", Zk[seen], bk[ck[seen]])
         return out
@@ -213,7 +223,7 @@ class LinearMixedModel:
     def fitted(self) -> np.ndarray:
         """Conditional fitted values ``Xβ̂ + Zb̂``."""
         d = self.design
-        return d.X @ self._beta + self._random_part(d.Z, d.codes)
+        return d.X @ self.result.params.beta + self._random_part(d.Z, d.codes)
 
     def residuals(self) -> np.ndarray:
         """Response residuals ``y − fitted``."""
@@ -228,15 +238,15 @@ class LinearMixedModel:
         if not use_re and str(re_form).replace(" ", "") not in ("~0", "NA", "~1-1"):
             raise ValueError("re_form must be None (all random effects) or '~0' (none)")
         if newdata is None:
-            return self.fitted() if use_re else self.design.X @ self._beta
+            return self.fitted() if use_re else self.design.X @ self.result.params.beta
         X, Z, codes = new_design_matrices(self.design, newdata)
-        pred = X @ self._beta
+        pred = X @ self.result.params.beta
         return pred + self._random_part(Z, codes) if use_re else pred
 
     # ----------------------------------------------------------- tables (see tables.py, rsq.py)
     def refit_ml(self) -> LinearMixedModel:
         """The same model fitted by ML (lme4's ``refitML``)."""
-        return self if not self.reml else fit_design(self.design, reml=False, padded=(self.cp, self.structure))
+        return self if not self.reml else fit_problem(self.problem, reml=False, control=self.opt.control)
 
     def coef_table(self) -> pd.DataFrame:
         """lmerTest's coefficient table with Satterthwaite df and p-values."""
@@ -275,24 +285,18 @@ class LinearMixedModel:
     # ----------------------------------------------------------- simulation (see bootstrap.py)
     def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:
         """lme4's ``simulate``: (n, nsim) responses with new random effects and residuals."""
-        from .bootstrap import simulate
-
         _check_nsim(nsim)
-        return simulate(self, nsim, seed)
+        return simulate(self.design, self.params, nsim, seed)
 
     def bootstrap(self, nsim: int = 1000, seed: int | None = None, progress: bool | None = None,
                   simulation: str = "plain"):
         """lme4's ``bootMer``: a :class:`~jaxlmm.batch.BatchFit` of ``nsim`` batched refits
         (``simulation="direct"`` draws the responses' cross-products directly: same law, cheaper)."""
-        from .bootstrap import bootstrap
-
         _check_nsim(nsim)
-        return bootstrap(self, nsim, seed, progress, simulation)
+        return bootstrap(self.problem, self.params, self.reml, nsim, seed, progress, simulation)
 
     def confint(self, method: str = "wald", level: float = 0.95, nsim: int = 1000, seed: int | None = None):
         """Wald intervals for the fixed effects, or ``method="boot"`` percentile intervals for all parameters."""
-        from .bootstrap import confint
-
         if method not in ("wald", "boot"):
             raise JaxlmmError(f"method must be 'wald' or 'boot', not {method!r}")
         if not 0 < level < 1:
@@ -302,8 +306,6 @@ class LinearMixedModel:
         return confint(self, method, level, nsim, seed)
 
     def _repr_html_(self) -> str:
-        import html
-
         return f"<pre>{html.escape(tables.summary_text(self))}</pre>"
 
     def __repr__(self) -> str:
@@ -318,21 +320,16 @@ def _check_nsim(nsim) -> None:
 
 
 # ---------------------------------------------------------------- the pipeline
-def fit_design(design: Design, reml: bool = True, padded: tuple[CrossProducts, Structure] | None = None,
-               max_iter: int = 2000) -> LinearMixedModel:
-    """Optimise the criterion of an already built design and assemble the model.
+def fit_problem(problem: Problem, reml: bool = True, control: Control | None = None) -> LinearMixedModel:
+    """Optimise the criterion of a padded design (:func:`~jaxlmm.shapes.padded_problem`) and assemble the
+    model (lme4's ``optimizeLmer`` then ``mkMerMod``).
 
-    The cross-products are padded to their shape bucket (:func:`~jaxlmm.shapes.pad_to_bucket`; ``padded``
-    gives them ready), so fits of designs of similar size share compiled kernels.  A fit that stops
-    before the projected gradient vanishes warns, as lme4's "Model failed to converge" check does, with a
-    :class:`ConvergenceWarning`, and has ``converged`` False (``opt.message`` says why).
+    A fit that stops before the projected gradient vanishes warns, as lme4's "Model failed to converge"
+    check does, with a :class:`ConvergenceWarning`, and has ``converged`` False (``opt.message`` says why).
     """
     bound_executables()
-    if padded is None:
-        padded = pad_to_bucket(crossproducts(design.y, design.X, design.codes, design.Z, design.structure),
-                               design.structure)
-    cp, structure = padded
-
+    control = control or Control()
+    design, cp, structure = problem
     scale = theta_scale(design)
     precondition = theta_precondition(design, scale)
     weights = profiled_weights(design.n, design.p, reml, xp=np)
@@ -343,28 +340,15 @@ def fit_design(design: Design, reml: bool = True, padded: tuple[CrossProducts, S
 
     def search(theta, budget, rescale):
         r = criterion_search(theta, budget, rescale, scale, precondition, weights, False, cp, structure,
-                             Control.search_gtol)
+                             control.search_gtol)
         return r.signs * r.theta, float(r.f), r.signs * r.g, int(r.steps), float(r.decrement)
 
-    opt = minimize_theta(value_and_grad, search, theta_start(structure) * scale, structure.lower, scale,
-                         Control(max_iter=max_iter))
+    opt = minimize_theta(value_and_grad, search, theta_start(structure) * scale, structure.lower, scale, control)
     if not opt.converged:
         warnings.warn(f"Model failed to converge: {opt.message}", ConvergenceWarning, stacklevel=3)
-    return LinearMixedModel(design, cp, structure, reml, opt)
+    return LinearMixedModel(problem, reml, fit_result(problem, reml, opt))
 
 
-def lmer(formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 2000) -> LinearMixedModel:
-    """Fit a linear mixed model given by an lme4 formula, by REML (default) or ML.
-
-    ``max_iter`` bounds the optimiser's iterations per stage (lme4's ``lmerControl(optCtrl = list(maxfun
-    = ...))``); when it runs out, or the optimum is not reached for another reason, the fit warns with a
-    :class:`ConvergenceWarning` ("Model failed to converge: ...", as lme4 does) and ``m.converged`` is
-    False.  Input problems raise a :class:`~jaxlmm.errors.JaxlmmError` before any JAX work (see
-    :func:`~jaxlmm.design.build_design`).
-    """
-    if not isinstance(reml, (bool, np.bool_)):
-        raise JaxlmmError(f"reml must be True or False, not {reml!r}")
-    if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
-        raise JaxlmmError(f"max_iter must be a positive integer, not {max_iter!r}")
-    design = build_design(parse_formula(formula), data)
-    return fit_design(design, reml=bool(reml), max_iter=int(max_iter))
+def fit_design(design: Design, reml: bool = True, control: Control | None = None) -> LinearMixedModel:
+    """:func:`fit_problem` of a design's :func:`~jaxlmm.shapes.padded_problem`."""
+    return fit_problem(padded_problem(design), reml, control)

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.stats
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from .compare import PBTest
+from .model import LinearMixedModel
 
-    from .bootstrap import PBTest
-    from .model import LinearMixedModel
+if TYPE_CHECKING:  # matplotlib is an optional extra, imported when a figure is drawn
+    from matplotlib.figure import Figure
 
 FIXEF_STYLE = {"color": "black", "linewidth": 2.0}
 

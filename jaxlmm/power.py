@@ -23,31 +23,18 @@ import numpy as np
 import pandas as pd
 import scipy.special
 
-from .batch import CP_AXES, Y_FIELDS, BatchFit, fit_products
+from .batch import CP_AXES, Y_FIELDS, BatchFit, default_chunk_size, fit_products
 from .bootstrap import simulated_products
-from .crossprod import crossproducts
-from .design import Design, build_design
+from .compare import bootstrap_p_value, simulated_lrt
+from .design import Design, build_design, theta_scale
 from .errors import DataError
 from .formula import ModelPart, parse_formula
 from .hosts import gather
 from .inference import difference_points, satterthwaite_from_jets, varpar_jets_lanes
-from .model import LinearMixedModel
-from .optimize import Control, OptSummary
-from .params import theta_from_covariance
-from .shapes import pad_response_products, pad_to_bucket
+from .params import Params, theta_from_covariance
+from .shapes import Problem, pad_response_products, padded_problem
 
 TESTS = ("lrt", "pb", "satterthwaite")
-
-
-def specified_model(design: Design, beta, theta, sigma: float) -> LinearMixedModel:
-    """A model with given (not fitted) parameters, for ``simulate`` and as the batch fits' warm start."""
-    cp, structure = pad_to_bucket(crossproducts(design.y, design.X, design.codes, design.Z, design.structure),
-                                  design.structure)
-    opt = OptSummary(np.asarray(theta, dtype=float), float("nan"), 0, 0, True, "specified, not fitted", 0.0,
-                     "none", Control())
-    model = LinearMixedModel(design, cp, structure, False, opt)
-    model._beta, model._sigma = np.asarray(beta, dtype=float), float(sigma)
-    return model
 
 
 def _drop_term(design: Design, term: str, data: pd.DataFrame) -> Design:
@@ -77,46 +64,48 @@ def power(formula: str, data: pd.DataFrame, fixef: dict[str, float], covariance:
         raise DataError(f"fixef lacks values for {sorted(missing)}")
     beta = np.array([fixef[k] for k in full.fixef_names])
     theta = theta_from_covariance(full, covariance, sigma)
-    truth = specified_model(full, beta, theta, sigma)
+    truth, full_problem = Params(beta, theta, float(sigma)), padded_problem(full)
     if test == "satterthwaite":
-        p_values, ok = _satterthwaite_p(truth, term, nsim, seed, progress)
+        p_values, ok = _satterthwaite_p(full_problem, truth, term, nsim, seed, progress)
     else:
         reduced = _drop_term(full, term, data)
-        null_beta = [fixef[k] for k in reduced.fixef_names]
-        null = specified_model(reduced, null_beta, theta, sigma)
-        products_full, products_null = simulated_products([truth, null], nsim, seed)
-        fit_full = fit_products(truth, products_full, reml=False, progress=progress).gathered()
-        fit_null = fit_products(null, products_null, reml=False, progress=progress).gathered()
-        ok = fit_full.converged & fit_null.converged
-        lrt = np.maximum(0.0, fit_null.criterion - fit_full.criterion)
-        df = full.p - reduced.p
+        null = Params(np.array([fixef[k] for k in reduced.fixef_names]), theta, float(sigma))
+        null_problem = padded_problem(reduced)
+        lrt, ok = simulated_lrt(null_problem, theta, full_problem, theta, truth, True, nsim, seed, progress=progress)
         if test == "lrt":
-            p_values = scipy.special.chdtrc(df, lrt)
+            p_values = scipy.special.chdtrc(full.p - reduced.p, lrt)
         else:
-            ref_null, ref_full = simulated_products([null, truth], nboot, None if seed is None else seed + 1)
-            f0 = fit_products(null, ref_null, reml=False, progress=progress).gathered()
-            f1 = fit_products(truth, ref_full, reml=False, progress=progress).gathered()
-            good = f0.converged & f1.converged
-            reference = np.sort(np.maximum(0.0, f0.criterion - f1.criterion)[good])
-            p_values = (1 + reference.size - np.searchsorted(reference, lrt, side="left")) / (1 + reference.size)
+            reference, good = simulated_lrt(null_problem, theta, full_problem, theta, null, False, nboot,
+                                            None if seed is None else seed + 1, progress=progress)
+            p_values = bootstrap_p_value(reference[good], lrt)
     p_values = np.asarray(p_values)[ok]
     share = float(np.mean(p_values < alpha)) if p_values.size else float("nan")
     return {"power": share, "se": float(np.sqrt(share * (1 - share) / max(p_values.size, 1))),
             "n_valid": int(p_values.size), "n_failed": int((~ok).sum()), "p_values": p_values}
 
 
-def _satterthwaite_p(truth: LinearMixedModel, term: str, nsim: int, seed, progress):
-    design = truth.design
+def _satterthwaite_p(problem: Problem, truth: Params, term: str, nsim: int, seed, progress):
+    """Satterthwaite t-test p-values of ``term`` for REML refits to ``nsim`` responses simulated with
+    ``truth``; the derivatives of all refits in compiled calls of a fixed number of lanes."""
+    design = problem.design
     if term not in design.fixef_names:
         raise DataError(f"{term!r} is not a fixed-effect coefficient (have {design.fixef_names})")
-    (products,) = simulated_products([truth], nsim, seed)
-    fits: BatchFit = fit_products(truth, products, reml=True, progress=progress)
+    (products,) = simulated_products([design], truth, nsim, seed)
+    fits: BatchFit = fit_products(problem, truth.theta, products, reml=True, progress=progress)
     k = design.fixef_names.index(term)
-    points, h = difference_points(fits.theta, fits.sigma, truth.theta_scale)
-    padded = pad_response_products(products, design.structure, truth.structure, truth.cp.AXX.shape[0])
-    cp = truth.cp._replace(**{f: jnp.asarray(padded[f]) for f in Y_FIELDS})
-    gradients, vcov_unscaled = jax.device_get(varpar_jets_lanes(points, cp, truth.structure, True, CP_AXES))
-    df, var = satterthwaite_from_jets(gradients, vcov_unscaled, fits.sigma, h, np.eye(design.p)[k:k + 1])
+    points, h = difference_points(fits.theta, fits.sigma, theta_scale(design))
+    padded = pad_response_products(products, design.structure, problem.structure, problem.cp.AXX.shape[0])
+    size = default_chunk_size(problem.structure, problem.cp.AXX.shape[0])
+    gradients, vcov_unscaled = [], []
+    for first in range(0, fits.theta.shape[0], size):
+        lanes = np.arange(first, first + size) % fits.theta.shape[0]  # the last call wraps round (fixed shape)
+        cp = problem.cp._replace(**{f: jnp.asarray(padded[f][lanes]) for f in Y_FIELDS})
+        g, v = jax.device_get(varpar_jets_lanes(points[lanes], cp, problem.structure, True, CP_AXES))
+        gradients.append(g)
+        vcov_unscaled.append(v)
+    B = fits.theta.shape[0]
+    df, var = satterthwaite_from_jets(np.concatenate(gradients)[:B], np.concatenate(vcov_unscaled)[:B], fits.sigma, h,
+                                      np.eye(design.p)[k:k + 1])
     t = fits.beta[:, k] / np.sqrt(var[:, 0])
     p_values = 2 * scipy.special.stdtr(df[:, 0], -np.abs(t))
     return gather(p_values), gather(fits.converged)

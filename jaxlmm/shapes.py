@@ -20,10 +20,12 @@ problems share few executables (compiling costs far more than padding them), lar
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from .crossprod import CrossProducts, block_offsets
-from .design import ReBlock, Structure
+from .crossprod import CrossProducts, block_offsets, crossproducts
+from .design import Design, ReBlock, Structure
 
 FINE_FROM = 1024  # sizes above this are rounded to STEPS_PER_OCTAVE sizes per octave, not to powers of two
 STEPS_PER_OCTAVE = 8
@@ -126,3 +128,19 @@ def pad_to_bucket(cp: CrossProducts, structure: Structure) -> tuple[CrossProduct
     """``cp`` padded to the bucket of its shapes, and the padded structure (the compile key)."""
     target = padded_structure(structure)
     return pad_crossproducts(cp, structure, target, *padded_sizes(cp)), target
+
+
+class Problem(NamedTuple):
+    """A design with its cross-products padded to their shape bucket, and the padded structure: what the
+    compiled kernels see of a model, whatever its parameters (fitted, or given for a simulation)."""
+
+    design: Design
+    cp: CrossProducts
+    structure: Structure
+
+
+def padded_problem(design: Design) -> Problem:
+    """The :class:`Problem` of a design: cross-products computed once, padded to their bucket."""
+    cp, structure = pad_to_bucket(crossproducts(design.y, design.X, design.codes, design.Z, design.structure),
+                                  design.structure)
+    return Problem(design, cp, structure)

@@ -121,8 +121,8 @@ def test_direct_products_have_the_distribution_of_plain_simulation(name):
     from jaxlmm.bootstrap import simulated_products
 
     m = fitted(name)
-    (plain,) = simulated_products([m], 4000, seed=1)
-    (direct,) = simulated_products([m], 4000, seed=2, simulation="direct")
+    (plain,) = simulated_products([m.design], m.params, 4000, seed=1)
+    (direct,) = simulated_products([m.design], m.params, 4000, seed=2, simulation="direct")
     for field in plain:
         a, b = plain[field].reshape(4000, -1), direct[field].reshape(4000, -1)
         assert a.shape == b.shape

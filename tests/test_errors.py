@@ -89,11 +89,12 @@ def small_data(n_groups: int = 10, per: int = 6, seed: int = 0) -> pd.DataFrame:
 def _jax_untouched(monkeypatch):
     """Fail if the design stage lets bad input reach the compiled kernels."""
     import jaxlmm.model
+    import jaxlmm.shapes
 
     def boom(*args, **kwargs):
         raise AssertionError("bad input reached JAX")
 
-    monkeypatch.setattr(jaxlmm.model, "crossproducts", boom)
+    monkeypatch.setattr(jaxlmm.shapes, "crossproducts", boom)
     monkeypatch.setattr(jaxlmm.model, "criterion_search", boom)
 
 

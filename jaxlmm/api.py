@@ -1,0 +1,71 @@
+"""The public entry points: thin functions that check their arguments and call the engine.
+
+``lmer`` (lme4's), ``fit_batch`` (many fits in compiled, vectorised calls), and, re-exported from the
+modules that implement them, ``anova`` and ``pbtest`` (:mod:`jaxlmm.compare`), ``power`` and
+``power_curve`` (:mod:`jaxlmm.power`).  The package's ``__init__`` and the command line import from here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .batch import BatchFit, fit_responses
+from .buckets import fit_by, fit_datasets
+from .compare import PBTest, anova, pbtest
+from .design import build_design
+from .errors import DataError, JaxlmmError
+from .formula import parse_formula
+from .model import LinearMixedModel, fit_design
+from .optimize import Control
+from .power import power, power_curve
+
+__all__ = ["PBTest", "anova", "fit_batch", "lmer", "pbtest", "power", "power_curve"]
+
+
+def lmer(formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 2000) -> LinearMixedModel:
+    """Fit a linear mixed model given by an lme4 formula, by REML (default) or ML.
+
+    ``max_iter`` bounds the optimiser's iterations per stage (lme4's ``lmerControl(optCtrl = list(maxfun
+    = ...))``; the other settings are :class:`~jaxlmm.optimize.Control`'s); when it runs out, or the
+    optimum is not reached for another reason, the fit warns with a
+    :class:`~jaxlmm.model.ConvergenceWarning` ("Model failed to converge: ...", as lme4 does) and
+    ``m.converged`` is False.  Input problems raise a :class:`~jaxlmm.errors.JaxlmmError` before any JAX
+    work (see :func:`~jaxlmm.design.build_design`).
+    """
+    if not isinstance(reml, (bool, np.bool_)):
+        raise JaxlmmError(f"reml must be True or False, not {reml!r}")
+    if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
+        raise JaxlmmError(f"max_iter must be a positive integer, not {max_iter!r}")
+    design = build_design(parse_formula(formula), data)
+    return fit_design(design, reml=bool(reml), control=Control(max_iter=int(max_iter)))
+
+
+def fit_batch(formula: str, data: pd.DataFrame | None = None, responses: np.ndarray | None = None,
+              datasets: list[pd.DataFrame] | None = None, reml: bool = True, chunk_size: int | None = None,
+              progress: bool | None = None, by: str | None = None) -> BatchFit:
+    """Many fits of one formula in compiled, vmapped calls.
+
+    * ``fit_batch(f, data, responses=Y)``: each column of ``Y`` (n, B) as the response, all sharing
+      ``data``'s design; the model fitted to ``data``'s own response warm-starts every lane.
+    * ``fit_batch(f, datasets=[df1, ..., dfB])``: B data sets of any sizes and group counts, padded into a
+      few shape buckets (:mod:`jaxlmm.buckets`).  Each data set's theta is in its own lme4 order.
+    * ``fit_batch(f, data, by="replicate")``: one long frame holding B data sets, ``data[by]`` naming each;
+      results in the order of first appearance, the ``by`` values in ``labels`` (:func:`jaxlmm.buckets.fit_by`).
+
+    ``chunk_size`` is the number of lanes per compiled call (default :func:`default_chunk_size`).
+    """
+    if by is not None:
+        if responses is not None or datasets is not None:
+            raise DataError("by= splits one long frame (data=...) into data sets; give neither responses nor datasets")
+        if data is None:
+            raise DataError("by= needs the long frame holding every data set (data=...)")
+        return fit_by(formula, data, by, reml=reml, chunk_size=chunk_size, progress=progress)
+    if (responses is None) == (datasets is None):
+        raise DataError("give either responses (with data), datasets, or data with by=")
+    if datasets is not None:
+        return fit_datasets(formula, datasets, reml=reml, chunk_size=chunk_size, progress=progress)
+    if data is None:
+        raise DataError("responses need the data they share (data=...)")
+    return fit_responses(lmer(formula, data, reml=reml), responses, reml=reml, chunk_size=chunk_size,
+                         progress=progress)
