@@ -395,8 +395,28 @@ def _check_response(name: str, values: pd.Series) -> None:
                         "response")
 
 
+@dataclass(frozen=True)
+class BarTerm:
+    """One random-effects term (bar) of the formula, evaluated on the data: its Z columns and grouping
+    factor, before terms are ordered and amalgamated into blocks."""
+
+    bar: int  # its position among the formula's random-effects terms
+    group: str  # the grouping factor's name
+    columns: tuple[str, ...]
+    Z: np.ndarray  # (n, q)
+    codes: np.ndarray  # (n,) level of each row
+    levels: tuple[str, ...]
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+
 def build_design(formula: Formula, data: pd.DataFrame) -> Design:
-    """lme4's ``lFormula``: the response, X, the random-effects terms and theta's layout.
+    """lme4's ``lFormula``: the response, X, the random-effects terms and theta's layout, in stages:
+    :func:`model_frame` (used columns, complete rows) → :func:`response` → :func:`variable_specs` →
+    :func:`fixed_effects` (X, aliased columns dropped) → :func:`bar_terms` (Z and grouping factor per bar,
+    in lme4's order) → :func:`assemble_blocks` (terms of one factor amalgamated; theta's layout).
 
     Every problem with the input is a :class:`~jaxlmm.errors.DataError` naming the column or term, raised
     here, before any JAX work: unknown or duplicated columns; unusable types (dates, complex numbers,
@@ -410,6 +430,19 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
     ("fixed-effect model matrix is rank deficient so dropping k columns / coefficients"), and the model is
     fitted without them; ``Design.dropped_fixef`` lists them.
     """
+    frame, rows, n_dropped = model_frame(formula, data)
+    y = response(formula, frame)
+    specs = variable_specs(formula, frame)
+    X, names, dropped = fixed_effects(formula, frame, specs, y)
+    terms, structure, group_names, group_levels, codes, Z = assemble_blocks(bar_terms(formula, frame, specs, len(y)))
+    return Design(formula=formula, y=y, X=X, fixef_names=names, terms=terms, group_names=group_names,
+                  group_levels=group_levels, codes=codes, Z=Z, structure=structure, specs=specs, rows=rows,
+                  n_dropped=n_dropped, dropped_fixef=dropped)
+
+
+def model_frame(formula: Formula, data: pd.DataFrame) -> tuple[dict[str, pd.Series], pd.Index, int]:
+    """The used variables, checked for their role, on the complete rows (R's ``na.omit``): the frame, the
+    index labels of the rows kept, and the number dropped."""
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
     if formula.response is None:
@@ -421,7 +454,6 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
     duplicated = sorted({str(c) for c in data.columns[data.columns.duplicated()]})
     if duplicated:
         raise DataError(f"the data have more than one column named {', '.join(map(repr, duplicated))}")
-    group_vars = {v for r in formula.random for v in r.group}
     raw = {}
     for v in formula.variables:
         role = ("response" if v == formula.response else
@@ -438,16 +470,24 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
         raise DataError("no complete rows: every row has a missing value in a used column (most missing: "
                         + ", ".join(f"{v!r} {int(missing[v].sum())} of {len(data)}" for v in worst) + ")")
     frame = {v: values[complete].reset_index(drop=True) for v, values in raw.items()}
-    rows = data.index[complete]
+    return frame, data.index[complete], int((~complete).sum())
 
-    y_values = frame[formula.response]
-    _check_response(formula.response, y_values)
-    _check_numeric(formula.response, y_values)
-    y = y_values.to_numpy(dtype=float)
+
+def response(formula: Formula, frame: dict[str, pd.Series]) -> np.ndarray:
+    """The response as floats: numeric, finite and not constant."""
+    values = frame[formula.response]
+    _check_response(formula.response, values)
+    _check_numeric(formula.response, values)
+    y = values.to_numpy(dtype=float)
     if np.ptp(y) == 0:
         raise DataError(f"the response {formula.response!r} is constant (= {y[0]:g} in all {len(y)} "
                         "complete rows): there is nothing to model")
+    return y
 
+
+def variable_specs(formula: Formula, frame: dict[str, pd.Series]) -> dict[str, VariableSpec]:
+    """How each covariate is coded: a factor with its levels, or a (checked) number."""
+    group_vars = {v for r in formula.random for v in r.group}
     specs: dict[str, VariableSpec] = {}
     for v, values in frame.items():
         if v == formula.response or (v in group_vars and not _used_as_covariate(v, formula)):
@@ -457,7 +497,12 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
         else:
             _check_numeric(v, values)
             specs[v] = VariableSpec(v)
+    return specs
 
+
+def fixed_effects(formula: Formula, frame: dict[str, pd.Series], specs: dict[str, VariableSpec], y: np.ndarray
+                  ) -> tuple[np.ndarray, list[str], list[str]]:
+    """X with R's column names, aliased columns dropped with lme4's warning (and their names returned)."""
     X, names = model_matrix(formula.fixed, frame, specs)
     keep = independent_columns(X)
     dropped = [names[j] for j in range(len(names)) if j not in set(keep)]
@@ -466,7 +511,7 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
             f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
             f"column{'s' if len(dropped) > 1 else ''} / coefficient{'s' if len(dropped) > 1 else ''}: "
             + ", ".join(dropped),
-            stacklevel=3,
+            stacklevel=4,
         )
         X, names = X[:, keep], [names[j] for j in keep]
     n = len(y)
@@ -478,14 +523,18 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
         if np.linalg.norm(resid) <= 1e-10 * np.linalg.norm(y):
             raise DataError(f"the response {formula.response!r} is an exact linear function of the fixed "
                             f"effects ({', '.join(names)}): the residual variance is 0")
+    return X, names, dropped
 
-    # random-effects terms: Z columns and grouping factor per bar
+
+def bar_terms(formula: Formula, frame: dict[str, pd.Series], specs: dict[str, VariableSpec], n: int
+              ) -> list[BarTerm]:
+    """Each random-effects term's Z and grouping factor with lme4's ``checkNlevels``/``checkZdims``, in
+    lme4's order (``mkReTrms``: decreasing number of levels, ``rev(order(nl))``, when not already so)."""
     bars = []
-    for bar in formula.random:
+    for k, bar in enumerate(formula.random):
         Zt, cols = model_matrix(bar.effects, frame, specs)
         g = _group_values(bar.group, frame)
         nlev = len(g.cat.categories)
-        label = f"({' + '.join(cols)} | {bar.group_name})"
         if nlev < 2:
             raise DataError(f"grouping factor {bar.group_name!r} has only one level; a random effect needs at least 2")
         if nlev >= n:
@@ -496,53 +545,43 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
         if len(cols) * nlev >= n:
             raise DataError(
                 f"number of observations (={n}) <= number of random effects (={len(cols) * nlev}) for term "
-                f"{label}; the random-effects parameters and the residual variance are probably unidentifiable"
+                f"({' + '.join(cols)} | {bar.group_name}); the random-effects parameters and the residual "
+                "variance are probably unidentifiable"
             )
-        bars.append((len(bars), bar.group_name, tuple(cols), Zt, g.cat.codes.to_numpy().astype(np.int64), tuple(g.cat.categories), nlev))
-    nl = [b[6] for b in bars]
-    if any(b > a for a, b in itertools.pairwise(nl)):  # lme4: rev(order(nl)), only when not already sorted
+        bars.append(BarTerm(k, bar.group_name, tuple(cols), Zt, g.cat.codes.to_numpy().astype(np.int64),
+                            tuple(g.cat.categories)))
+    nl = [b.n_levels for b in bars]
+    if any(b > a for a, b in itertools.pairwise(nl)):
         order = list(reversed(sorted(range(len(bars)), key=lambda k: nl[k])))  # noqa: C413 - ties reversed, as R
         bars = [bars[k] for k in order]
+    return bars
 
-    block_of: dict[str, int] = {}
-    for _, name, *_ in bars:
-        block_of.setdefault(name, len(block_of))
-    by_levels = sorted(block_of, key=lambda name: -next(b[6] for b in bars if b[1] == name))
-    block_of = {name: k for k, name in enumerate(by_levels)}
-    n_blocks = len(block_of)
-    block_Z: list[list[np.ndarray]] = [[] for _ in range(n_blocks)]
-    block_codes: list[np.ndarray] = [None] * n_blocks  # type: ignore[list-item]
-    block_levels: list[tuple[str, ...]] = [()] * n_blocks
-    entries: list[list[tuple[int, int, int]]] = [[] for _ in range(n_blocks)]
+
+def assemble_blocks(bars: list[BarTerm]):
+    """Terms of one grouping factor amalgamated into one block (blocks by decreasing number of levels),
+    and theta's layout: term by term, each term's lower triangle column-major.  Returns the
+    :class:`ReTerm` list, the :class:`Structure`, and per block its name, levels, codes and Z."""
+    names = list(dict.fromkeys(b.group for b in bars))
+    names.sort(key=lambda name: -next(b.n_levels for b in bars if b.group == name))
+    block_of = {name: k for k, name in enumerate(names)}
+    block_bars: list[list[BarTerm]] = [[b for b in bars if b.group == name] for name in names]
+    block_q = [sum(len(b.columns) for b in members) for members in block_bars]
+    index = [np.full((q, q), -1) for q in block_q]
+    start = [0] * len(names)
     terms: list[ReTerm] = []
     offset = 0
-    for bar_index, name, cols, Zt, codes, levels, _ in bars:
-        k = block_of[name]
-        start = sum(z.shape[1] for z in block_Z[k])
-        block_Z[k].append(Zt)
-        block_codes[k], block_levels[k] = codes, levels
-        q = len(cols)
-        t = offset
-        for c in range(q):
-            for r in range(c, q):
-                entries[k].append((start + r, start + c, t))
-                t += 1
-        terms.append(ReTerm(name, cols, k, tuple(range(start, start + q)), offset, bar_index))
-        offset = t
-    blocks = []
-    for k in range(n_blocks):
-        q = sum(z.shape[1] for z in block_Z[k])
-        index = [[-1] * q for _ in range(q)]
-        for r, c, t in entries[k]:
-            index[r][c] = t
-        blocks.append(ReBlock(len(block_levels[k]), q, tuple(map(tuple, index))))
-    structure = Structure(tuple(blocks), offset)
-    return Design(
-        formula=formula, y=y, X=X, fixef_names=names, terms=terms,
-        group_names=by_levels, group_levels=block_levels, codes=block_codes,
-        Z=[np.column_stack(z) for z in block_Z], structure=structure, specs=specs, rows=rows,
-        n_dropped=int((~complete).sum()), dropped_fixef=dropped,
-    )
+    for b in bars:
+        k, q = block_of[b.group], len(b.columns)
+        rows, cols = np.tril_indices(q)
+        order = np.lexsort((rows, cols))  # column-major
+        index[k][start[k] + rows[order], start[k] + cols[order]] = offset + np.arange(rows.size)
+        terms.append(ReTerm(b.group, b.columns, k, tuple(range(start[k], start[k] + q)), offset, b.bar))
+        start[k] += q
+        offset += rows.size
+    blocks = tuple(ReBlock(members[0].n_levels, q, tuple(map(tuple, idx.tolist())))
+                   for members, q, idx in zip(block_bars, block_q, index))
+    return (terms, Structure(blocks, offset), names, [m[0].levels for m in block_bars],
+            [m[0].codes for m in block_bars], [np.column_stack([b.Z for b in m]) for m in block_bars])
 
 
 def _used_as_covariate(v: str, formula: Formula) -> bool:

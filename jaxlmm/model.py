@@ -24,7 +24,13 @@ from .crossprod import CrossProducts
 from .design import Design, Structure, new_design_matrices, theta_precondition, theta_scale, theta_start
 from .deviance import LOG_2PI, profiled_weights
 from .errors import JaxlmmError
-from .kernel import criterion_hessian, criterion_search, evaluate, random_effect_variances
+from .kernel import (
+    criterion_and_gradient,
+    criterion_hessian,
+    criterion_search,
+    evaluate,
+    random_effect_variances,
+)
 from .optimize import Control, OptSummary, minimize_theta
 from .params import Params, TermCovariance, term_covariances, varcorr_rows
 from .shapes import Problem, padded_problem
@@ -109,6 +115,12 @@ class LinearMixedModel:
     def theta_scale(self) -> np.ndarray:
         """The optimiser's scale of each theta entry (:func:`~jaxlmm.design.theta_scale`)."""
         return theta_scale(self.design)
+
+    def criterion_and_gradient(self, theta: np.ndarray, reml: bool | None = None) -> tuple[float, np.ndarray]:
+        """The profiled criterion (REML or ML; the fit's by default) and its exact gradient at theta: lme4's
+        deviance function (``lmer(..., devFunOnly = TRUE)``) with its derivative."""
+        return criterion_and_gradient(theta, self.cp, self.structure, self.reml if reml is None else reml,
+                                      self.theta_scale)
 
     def criterion_hessian(self, theta: np.ndarray, reml: bool | None = None) -> np.ndarray:
         """The criterion's (REML or ML; the fit's by default) Hessian at theta, by central differences of
