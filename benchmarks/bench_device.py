@@ -11,6 +11,7 @@ measurement: the device, the time, and the criterion reached, so a faster fit to
 
 import argparse
 import resource
+import statistics
 import time
 
 import jax
@@ -20,7 +21,7 @@ import jaxlmm
 
 
 def timed(label: str, fn, repeats: int = 1):
-    """First call (compilation included) and the best of ``repeats`` further calls."""
+    """First call (compilation included) and the median of ``repeats`` further calls."""
     t = time.perf_counter()
     out = fn()
     first = time.perf_counter() - t
@@ -29,9 +30,9 @@ def timed(label: str, fn, repeats: int = 1):
         t = time.perf_counter()
         out = fn()
         again.append(time.perf_counter() - t)
-    print(f"{label}: first {first:.3f} s, again {min(again):.3f} s" if again else f"{label}: {first:.3f} s",
+    print(f"{label}: first {first:.3f} s, again (median) {statistics.median(again):.3f} s" if again else f"{label}: {first:.3f} s",
           flush=True)
-    return out, min(again) if again else first
+    return out, statistics.median(again) if again else first
 
 
 def main() -> None:
