@@ -1,11 +1,15 @@
 #!/usr/bin/env Rscript
 # Edge-case reference fits from lme4 for tests/test_edge_cases.py.
 # Usage (from the repository root):
-#   python scripts/make_edge_data.py        # the 10,000-group data set (NumPy, fixed seed)
-#   Rscript scripts/make_edge_fixtures.R    # simulates the small data sets, fits everything
+#   python scripts/make_edge_data.py          # the 10,000-group data set (NumPy, fixed seed)
+#   python scripts/export_jaxlmm_theta.py     # jaxlmm's theta per case -> tests/fixtures/jaxlmm_theta.json
+#   Rscript scripts/make_edge_fixtures.R      # simulates the small data sets, fits everything
+# (a case new to this script needs a run of the R step first, which makes the fixture the export reads).
 # Writes tests/fixtures/data/edge_*.csv and tests/fixtures/edge/*.json.  Every model is fitted with
-# lme4's default optimiser, bobyqa and Nelder_Mead; the fixture keeps the lowest criterion (the
-# "best of lme4's optimisers") and records each optimiser's criterion and convergence messages.
+# lme4's default optimiser, bobyqa, Nelder_Mead, and bobyqa and nloptwrap with tolerances far tighter than
+# lme4's defaults; the fixture keeps the lowest criterion (the "best of lme4's optimisers") and records
+# each optimiser's criterion and convergence messages, and lme4's own deviance function (lmer(...,
+# devFunOnly = TRUE)) evaluated at jaxlmm's theta (lme4_criterion_at_jaxlmm_theta, at jaxlmm_theta).
 suppressPackageStartupMessages({ library(lme4); library(jsonlite) })
 dir.create("tests/fixtures/data", recursive = TRUE, showWarnings = FALSE)
 dir.create("tests/fixtures/edge", recursive = TRUE, showWarnings = FALSE)
@@ -15,9 +19,16 @@ write_data <- function(df, name) {
   read.csv(file.path("tests/fixtures/data", paste0(name, ".csv")))  # fit exactly what Python reads
 }
 
-fit_one <- function(formula, data, REML, optimizer, start = NULL) {
+jaxlmm_theta_file <- "tests/fixtures/jaxlmm_theta.json"
+jaxlmm_theta <- if (file.exists(jaxlmm_theta_file)) fromJSON(jaxlmm_theta_file)$edge else list()
+
+# bobyqa and nloptwrap run to tolerances far below lme4's defaults
+TIGHT <- list(bobyqa = list(rhoend = 1e-12, maxfun = 1e5),
+              nloptwrap = list(xtol_abs = 1e-14, ftol_abs = 1e-16, xtol_rel = 1e-14, ftol_rel = 1e-16, maxeval = 1e5))
+
+fit_one <- function(formula, data, REML, optimizer, start = NULL, tight = FALSE) {
   msgs <- character(0)
-  ctrl <- if (is.null(optimizer)) lmerControl() else lmerControl(optimizer = optimizer)
+  ctrl <- if (is.null(optimizer)) lmerControl() else if (tight) lmerControl(optimizer = optimizer, optCtrl = TIGHT[[optimizer]]) else lmerControl(optimizer = optimizer)
   m <- withCallingHandlers(lmer(formula, data = data, REML = REML, control = ctrl, start = start),
                            warning = function(w) { msgs <<- c(msgs, conditionMessage(w)); invokeRestart("muffleWarning") })
   list(model = m, warnings = c(msgs, m@optinfo$conv$lme4$messages))
@@ -27,10 +38,14 @@ fit_one <- function(formula, data, REML, optimizer, start = NULL) {
 case <- function(name, formula, data, dataname, REML, start = NULL) {
   f <- as.formula(formula)
   fits <- list(default = fit_one(f, data, REML, NULL), bobyqa = fit_one(f, data, REML, "bobyqa"),
-               nm = fit_one(f, data, REML, "Nelder_Mead"))
+               nm = fit_one(f, data, REML, "Nelder_Mead"),
+               bobyqa_tight = fit_one(f, data, REML, "bobyqa", tight = TRUE),
+               nlopt_tight = fit_one(f, data, REML, "nloptwrap", tight = TRUE))
   if (!is.null(start)) fits <- c(fits, list(
     default_start = fit_one(f, data, REML, NULL, start), bobyqa_start = fit_one(f, data, REML, "bobyqa", start),
-    nm_start = fit_one(f, data, REML, "Nelder_Mead", start)))
+    nm_start = fit_one(f, data, REML, "Nelder_Mead", start),
+    bobyqa_tight_start = fit_one(f, data, REML, "bobyqa", start, tight = TRUE),
+    nlopt_tight_start = fit_one(f, data, REML, "nloptwrap", start, tight = TRUE)))
   crit <- sapply(fits, function(x) if (REML) x$model@devcomp$cmp[["REML"]] else x$model@devcomp$cmp[["dev"]])
   m <- fits[[which.min(crit)]]$model
   out <- list(
@@ -43,10 +58,17 @@ case <- function(name, formula, data, dataname, REML, start = NULL) {
     nobs = nobs(m), ngroups = as.list(ngrps(m)), singular = isSingular(m),
     varcorr = as.data.frame(VarCorr(m))
   )
+  jt <- jaxlmm_theta[[name]]
+  if (!is.null(jt)) {  # lme4's deviance function at jaxlmm's theta (scripts/export_jaxlmm_theta.py)
+    devfun <- lmer(f, data = data, REML = REML, devFunOnly = TRUE)
+    out$jaxlmm_theta <- as.numeric(jt$theta)
+    out$lme4_criterion_at_jaxlmm_theta <- devfun(as.numeric(jt$theta))
+  }
   write(toJSON(out, digits = NA, auto_unbox = TRUE, na = "null"),
         file.path("tests/fixtures/edge", paste0(name, ".json")))
-  cat(sprintf("%-26s crit %.8f  (%s) singular %s\n", name, out$criterion,
-              paste(names(crit), sprintf("%.8f", crit), collapse = ", "), out$singular))
+  cat(sprintf("%-26s crit %.10f  (%s) singular %s, lme4 at jaxlmm's theta %.10f\n", name, out$criterion,
+              paste(names(crit), sprintf("%.10f", crit), collapse = ", "), out$singular,
+              if (is.null(jt)) NA else out$lme4_criterion_at_jaxlmm_theta))
 }
 
 set.seed(20261125)

@@ -1,14 +1,24 @@
 #!/usr/bin/env Rscript
 # Reference fits from lme4 + lmerTest + broom.mixed for jaxlmm's tests.
-# Usage (from the repository root):  Rscript scripts/make_lme4_fixtures.R
+# Usage (from the repository root), two steps:
+#   python scripts/export_jaxlmm_theta.py    # 1. jaxlmm's theta per case -> tests/fixtures/jaxlmm_theta.json
+#   Rscript scripts/make_lme4_fixtures.R      # 2. the fixtures, with lme4's criterion at jaxlmm's theta
+# (a case new to this script needs a run of step 2 first, which makes the fixture step 1 reads).
 # Needs Debian's r-base-core r-cran-lme4 r-cran-lmertest r-cran-broom.mixed r-cran-jsonlite
-# (r-cran-performance optional, for Nakagawa's R2).  Writes tests/fixtures/data/*.csv and
-# tests/fixtures/lme4/*.json.  Each model is fitted with lme4's default optimiser and with bobyqa;
-# the fixture keeps the better optimum ("best of lme4's optimisers").
+# r-cran-pbkrtest r-cran-performance (for Nakagawa's R2).  Writes tests/fixtures/data/*.csv and
+# tests/fixtures/lme4/*.json.  Each model is fitted with lme4's default optimiser, bobyqa, Nelder_Mead
+# and bobyqa and nloptwrap with tolerances far tighter than lme4's defaults (which stop ~1e-6 short in
+# theta on some fits); the fixture keeps the lowest criterion ("best of lme4's optimisers").  Each
+# fixture also holds lme4's own deviance function (lmer(..., devFunOnly = TRUE)) evaluated at jaxlmm's
+# theta from step 1 (lme4_criterion_at_jaxlmm_theta, at jaxlmm_theta), R's Wald intervals for the fixed
+# effects, R's residuals and deviance(m, REML = FALSE).
 suppressPackageStartupMessages({
   library(lme4); library(lmerTest); library(broom.mixed); library(jsonlite); library(pbkrtest)
 })
 have_performance <- requireNamespace("performance", quietly = TRUE)
+if (!have_performance) warning("performance is not installed: the fixtures lose r2_nakagawa")
+jaxlmm_theta_file <- "tests/fixtures/jaxlmm_theta.json"
+jaxlmm_theta <- if (file.exists(jaxlmm_theta_file)) fromJSON(jaxlmm_theta_file)$lme4 else list()
 dir.create("tests/fixtures/data", recursive = TRUE, showWarnings = FALSE)
 dir.create("tests/fixtures/lme4", recursive = TRUE, showWarnings = FALSE)
 
@@ -16,12 +26,22 @@ write_data <- function(df, name) {
   write.csv(df, file.path("tests/fixtures/data", paste0(name, ".csv")), row.names = FALSE)
 }
 
+# bobyqa and nloptwrap run to tolerances far below lme4's defaults: the reference optimum
+tight_controls <- list(
+  bobyqa_tight = lmerControl(optimizer = "bobyqa", optCtrl = list(rhoend = 1e-12, maxfun = 1e5)),
+  nlopt_tight = lmerControl(optimizer = "nloptwrap", optCtrl = list(xtol_abs = 1e-14, ftol_abs = 1e-16,
+                                                                   xtol_rel = 1e-14, ftol_rel = 1e-16,
+                                                                   maxeval = 1e5)))
+
 best_fit <- function(formula, data, REML) {
   fits <- list(
     default = lmerTest::lmer(formula, data = data, REML = REML),
     bobyqa = lmerTest::lmer(formula, data = data, REML = REML, control = lmerControl(optimizer = "bobyqa")),
     nm = lmerTest::lmer(formula, data = data, REML = REML, control = lmerControl(optimizer = "Nelder_Mead"))
   )
+  for (k in names(tight_controls))
+    fits[[k]] <- suppressMessages(suppressWarnings(
+      lmerTest::lmer(formula, data = data, REML = REML, control = tight_controls[[k]])))
   crit <- sapply(fits, function(m) if (REML) m@devcomp$cmp[["REML"]] else m@devcomp$cmp[["dev"]])
   list(best = fits[[which.min(crit)]], crit = crit)
 }
@@ -59,14 +79,23 @@ case <- function(name, formula, data, dataname, REML) {
     vcov = as.matrix(vcov(m)), vcov_names = colnames(vcov(m)),
     loglik = as.numeric(logLik(m)), aic = AIC(m), bic = BIC(m), nobs = nobs(m),
     deviance_ml = as.numeric(deviance(refitML(m))),
+    ml_deviance_at_estimates = deviance(m, REML = FALSE),  # REML fits: the ML deviance at the REML estimates
     ngroups = as.list(ngrps(m)), singular = isSingular(m),
     varcorr = vc,
     coef_table = data.frame(term = rownames(cf), estimate = cf[, 1], std_error = cf[, 2],
                             df = cf[, "df"], t = cf[, "t value"], p = cf[, "Pr(>|t|)"]),
     ranef = re, coef = co, tidy = td,
     fitted = unname(fitted(m)),
-    rsq = rsq_lmm(m)
+    rsq = rsq_lmm(m),
+    residuals = unname(residuals(m)),
+    confint_wald = as.data.frame(confint(m, parm = "beta_", method = "Wald"))
   )
+  jt <- jaxlmm_theta[[name]]
+  if (!is.null(jt)) {  # lme4's deviance function at jaxlmm's theta (scripts/export_jaxlmm_theta.py)
+    devfun <- lme4::lmer(f, data = data, REML = REML, devFunOnly = TRUE)
+    out$jaxlmm_theta <- as.numeric(jt$theta)
+    out$lme4_criterion_at_jaxlmm_theta <- devfun(as.numeric(jt$theta))
+  }
   if (have_performance) {
     r2 <- tryCatch(performance::r2_nakagawa(m, tolerance = 0), error = function(e) NULL)
     if (!is.null(r2)) out$r2_nakagawa <- list(conditional = unname(r2$R2_conditional),
@@ -74,8 +103,9 @@ case <- function(name, formula, data, dataname, REML) {
   }
   write(toJSON(out, digits = NA, auto_unbox = TRUE, na = "null"),
         file.path("tests/fixtures/lme4", paste0(name, ".json")))
-  cat(sprintf("%-28s crit %.6f  (default %.6f, bobyqa %.6f, nm %.6f)\n", name, out$criterion,
-              bf$crit[1], bf$crit[2], bf$crit[3]))
+  cat(sprintf("%-28s crit %.10f  (%s) lme4 at jaxlmm's theta %.10f\n", name, out$criterion,
+              paste(names(bf$crit), sprintf("%.10f", bf$crit), collapse = ", "),
+              if (is.null(jt)) NA else out$lme4_criterion_at_jaxlmm_theta))
   invisible(m)
 }
 
@@ -158,9 +188,23 @@ for (d in list(list(seed, "seed"), list(seed2, "seed2"))) {
 # pbkrtest's parametric bootstrap LRT, for comparing reference distributions
 pb_large <- lme4::lmer(y ~ x + (1 + x | Group), seed2, REML = TRUE)
 pb_small <- lme4::lmer(y ~ x + (1 | Group), seed2, REML = TRUE)
+set.seed(1)  # PBmodcomp's own seed argument does not fix its simulations (pbkrtest 0.5.1)
 pb <- PBmodcomp(pb_large, pb_small, nsim = 500, seed = 1)
 pb_ref <- pb$ref; if (is.list(pb_ref)) pb_ref <- pb_ref$ref
 write(toJSON(list(data = "seed2", large = "y ~ x + (1 + x | Group)", small = "y ~ x + (1 | Group)",
                   lrt = pb$test["LRT", "stat"], p_boot = pb$test["PBtest", "p.value"],
                   reference = as.numeric(pb_ref)), digits = NA, auto_unbox = TRUE),
       "tests/fixtures/pbkrtest_seed2.json")
+
+# lme4's percentile bootstrap intervals (bootMer, 2,000 simulations) for one model, compared loosely (through
+# the bootstrap distribution's CDF at R's endpoints) with jaxlmm's confint(method = "boot")
+boot_model <- lme4::lmer(Reaction ~ Days + (Days | Subject), sleepstudy, REML = TRUE,
+                         control = tight_controls$bobyqa_tight)
+set.seed(1)
+boot_nsim <- 2000
+boot_ci <- suppressMessages(suppressWarnings(confint(boot_model, method = "boot", nsim = boot_nsim,
+                                                     oldNames = FALSE)))
+write(toJSON(list(data = "sleepstudy", formula = "Reaction ~ Days + (Days | Subject)", REML = TRUE,
+                  nsim = boot_nsim, level = 0.95, parameter = rownames(boot_ci),
+                  lower = unname(boot_ci[, 1]), upper = unname(boot_ci[, 2])), digits = NA, auto_unbox = TRUE),
+      "tests/fixtures/confint_boot_sleepstudy.json")

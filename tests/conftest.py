@@ -34,6 +34,7 @@ def reference(name: str) -> dict:
     fx = json.loads((FIXTURES / "lme4" / f"{name}.json").read_text())
     if "theta" in fx:
         fx["theta"] = np.atleast_1d(np.asarray(fx["theta"], dtype=float))
+        fx["jaxlmm_theta"] = np.atleast_1d(np.asarray(fx["jaxlmm_theta"], dtype=float))
         fx["vcov"] = np.atleast_2d(np.asarray(fx["vcov"], dtype=float))
         fx["vcov_names"] = list(np.atleast_1d(fx["vcov_names"]))
     return fx
