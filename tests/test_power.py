@@ -1,4 +1,12 @@
-"""Power by simulation against the normal-theory power of a slope test."""
+"""Power by simulation against its exact value on a design where the tests have closed forms.
+
+Every group has the same covariate values, so x is orthogonal to the groups: the slope is estimated from
+the within-group stratum alone, the REML sigma is the within-group residual mean square on
+df = n - g - 1, and (away from a zero group variance, which has probability < 1e-3 here) the Satterthwaite
+t statistic follows a noncentral t(df, slope sqrt(Sxx) / sigma) with df = n - g - 1 exactly.  The ML
+likelihood ratio of the slope is (n - g) log(1 + t^2 / df), a monotone function of the same t.  So the
+power of each test is a noncentral t tail, and the power estimate only has Monte Carlo error.
+"""
 
 import numpy as np
 import pandas as pd
@@ -8,44 +16,81 @@ import scipy.stats
 import jaxlmm
 from jaxlmm.power import power, power_curve
 
-
-def design(groups: int, per: int = 8) -> pd.DataFrame:
-    rng = np.random.default_rng(groups)
-    return pd.DataFrame({"x": rng.uniform(0, 1, groups * per), "Group": np.repeat(np.arange(groups), per)})
-
-
+X_VALUES = np.linspace(0, 1, 8)
 SPEC = {"fixef": {"(Intercept)": 1.0, "x": 0.5}, "covariance": {"Group": [[0.3]]}, "sigma": 1.0, "term": "x"}
+FORMULA = "y ~ x + (1 | Group)"
 
 
-def normal_power(data: pd.DataFrame, slope: float, sigma: float, alpha: float = 0.05) -> float:
-    """x varies within groups, so its SE is close to the OLS one: sigma / sqrt(Sxx)."""
-    x = data.x.to_numpy()
-    z = slope / (sigma / np.sqrt(np.sum((x - x.mean()) ** 2)))
-    c = scipy.stats.norm.ppf(1 - alpha / 2)
-    return scipy.stats.norm.sf(c - z) + scipy.stats.norm.cdf(-c - z)
+def design(groups: int) -> pd.DataFrame:
+    return pd.DataFrame({"x": np.tile(X_VALUES, groups), "Group": np.repeat(np.arange(groups), X_VALUES.size)})
+
+
+def t_law(groups: int):
+    """The slope's t statistic: its df and the noncentral t law under SPEC."""
+    df = groups * X_VALUES.size - groups - 1
+    sxx = groups * np.sum((X_VALUES - X_VALUES.mean()) ** 2)
+    return df, scipy.stats.nct(df, SPEC["fixef"]["x"] * np.sqrt(sxx) / SPEC["sigma"])
+
+
+def prob_t2_above(groups: int, c2):
+    """P(t^2 > c2) under SPEC."""
+    _, law = t_law(groups)
+    c = np.sqrt(c2)
+    return law.sf(c) + law.cdf(-c)
+
+
+def t2_critical(groups: int, test: str, a):
+    """The t^2 above which the test's p-value is below a."""
+    df = t_law(groups)[0]
+    if test == "satterthwaite":
+        return scipy.stats.t.isf(np.asarray(a) / 2, df) ** 2
+    return df * np.expm1(scipy.stats.chi2.isf(a, 1) / (df + 1))  # lrt: (n - g) log(1 + t^2 / df) > chi2
+
+
+def within_monte_carlo(estimate: float, exact: float, n: int, extra_var: float = 0.0) -> bool:
+    return abs(estimate - exact) < 4 * np.sqrt(exact * (1 - exact) / n + extra_var)
 
 
 @pytest.mark.parametrize("test", ["lrt", "satterthwaite"])
-def test_power_matches_normal_theory(test):
-    data = design(24)
-    res = power("y ~ x + (1 | Group)", data, test=test, nsim=300, seed=4, **SPEC)
-    assert res["n_failed"] == 0 and res["n_valid"] == 300
-    expected = normal_power(data, 0.5, 1.0)
-    assert abs(res["power"] - expected) < 4 * np.sqrt(expected * (1 - expected) / 300) + 0.03
+def test_power_matches_the_exact_noncentral_t_power(test):
+    res = power(FORMULA, design(24), test=test, nsim=6000, seed=4, **SPEC)
+    assert res["n_failed"] == 0 and res["n_valid"] == 6000
+    exact = prob_t2_above(24, t2_critical(24, test, 0.05))  # 0.619 (lrt), 0.616 (satterthwaite)
+    assert within_monte_carlo(res["power"], exact, 6000)
+    assert res["se"] == pytest.approx(np.sqrt(res["power"] * (1 - res["power"]) / 6000))
+    # the whole law of the p-values, not only the share below 0.05
+    p = res["p_values"]
+    ks = scipy.stats.kstest(p, lambda a: prob_t2_above(24, t2_critical(24, test, np.clip(a, 1e-300, 1))))
+    assert ks.pvalue > 1e-3
 
 
-def test_power_curve_increases_and_pb_runs():
-    curve = power_curve("y ~ x + (1 | Group)", design, [8, 32], nsim=200, seed=2, **SPEC)
-    assert list(curve.n_groups) == [8, 32]
-    assert curve.power.iloc[1] > curve.power.iloc[0]
-    pb = power("y ~ x + (1 | Group)", design(8), test="pb", nsim=100, nboot=100, seed=3, **SPEC)
-    assert 0 <= pb["power"] <= 1 and pb["n_valid"] == 100
+def test_pb_power_matches_the_exact_power_given_its_reference_size():
+    """The bootstrap test rejects when at most k of its B reference statistics reach the observed one: the
+    critical value is an order statistic of the null law, whose CDF value is Beta(B - k, k + 1).  The exact
+    power averages the t tail over that Beta; the single reference draw adds its spread to the Monte Carlo
+    error of the nsim replicates."""
+    nsim, nboot = 3000, 3999
+    res = power(FORMULA, design(24), test="pb", nsim=nsim, nboot=nboot, seed=3, **SPEC)
+    assert res["n_valid"] == nsim
+    k = int(np.ceil(0.05 * (nboot + 1) - 1)) - 1  # p = (1 + #ref >= lrt) / (1 + B) < 0.05
+    u = scipy.stats.beta.ppf((np.arange(2000) + 0.5) / 2000, nboot - k, k + 1)
+    df = t_law(24)[0]
+    given_reference = prob_t2_above(24, scipy.stats.f.ppf(u, 1, df))
+    exact = given_reference.mean()
+    assert within_monte_carlo(res["power"], exact, nsim, given_reference.var())
+
+
+def test_power_curve_matches_the_exact_power_at_each_size():
+    curve = power_curve(FORMULA, design, [12, 24], nsim=3000, seed=2, **SPEC)
+    assert list(curve.n_groups) == [12, 24] and (curve.n_valid == 3000).all()
+    for g, estimate in zip(curve.n_groups, curve.power):
+        assert within_monte_carlo(estimate, prob_t2_above(g, t2_critical(g, "lrt", 0.05)), 3000)
 
 
 def test_power_input_errors():
     with pytest.raises(jaxlmm.DataError, match="not a fixed-effect term"):
-        power("y ~ x + (1 | Group)", design(8), **{**SPEC, "term": "z"}, nsim=10)
+        power(FORMULA, design(8), **{**SPEC, "term": "z"}, nsim=10)
     with pytest.raises(jaxlmm.DataError, match="1 x 1"):
-        power("y ~ x + (1 | Group)", design(8), **{**SPEC, "covariance": {"Group": np.eye(2)}}, nsim=10)
+        power(FORMULA, design(8), **{**SPEC, "covariance": {"Group": np.eye(2)}}, nsim=10)
     with pytest.raises(jaxlmm.DataError, match="test must be"):
-        power("y ~ x + (1 | Group)", design(8), test="wald", nsim=10, **SPEC)
+        power(FORMULA, design(8), test="wald", nsim=10, **SPEC)
