@@ -48,7 +48,7 @@ class FitResult:
 
     params: Params  # β̂, θ̂, σ̂
     criterion: float  # the REML criterion or the ML deviance at θ̂
-    ml_deviance: float  # -2 log-likelihood at (β̂, θ̂, σ̂) (lme4's deviance(m, REML = FALSE))
+    ml_deviance: float  # the ML deviance profiled at θ̂ (σ² = r²/n; lme4's deviance(m, REML = FALSE))
     vcov_unscaled: np.ndarray  # (p, p) (R_XᵀR_X)⁻¹: vcov(β̂) = σ̂² × this
     modes: tuple[np.ndarray, ...]  # per block (levels, q): b̂ = Λû
     opt: OptSummary
@@ -66,7 +66,7 @@ def fit_result(problem: Problem, reml: bool, opt: OptSummary) -> FitResult:
     return FitResult(
         params=Params(np.asarray(parts.beta)[:p], np.asarray(opt.theta), sigma),  # X's padded columns are inert
         criterion=float(parts.logdet_M + (parts.logdet_RX if reml else 0.0) + nu * (1.0 + LOG_2PI + math.log(r2 / nu))),
-        ml_deviance=float(parts.logdet_M + n * (LOG_2PI + 2.0 * math.log(sigma)) + r2 / sigma**2),
+        ml_deviance=float(parts.logdet_M + n * (1.0 + LOG_2PI + math.log(r2 / n))),
         vcov_unscaled=np.asarray(parts.vcov_unscaled)[:p, :p],
         modes=tuple(real_levels(design, parts.modes)),
         opt=opt,

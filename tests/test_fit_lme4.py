@@ -83,22 +83,14 @@ def test_theta_and_summaries(name):
     np.testing.assert_allclose(m.residuals(), fx["residuals"], rtol=0, atol=3e-7 * np.max(np.abs(fx["fitted"])))
 
 
-def ml_deviance_case(name):
-    marks = ()
-    if reference(name)["REML"]:
-        marks = pytest.mark.xfail(strict=True, reason=(
-            "package: m.deviance of a REML fit uses the REML sigma; lme4's deviance(m, REML = FALSE), which "
-            "its docstring names, profiles sigma (sigma^2 = pwrss / n): 1751.997 against 1751.986 on "
-            "sleepstudy_corr_reml"))
-    return pytest.param(name, marks=marks)
-
-
-@pytest.mark.parametrize("name", [ml_deviance_case(name) for name in CASES])
+@pytest.mark.parametrize("name", CASES)
 def test_ml_deviance_matches_lme4(name):
     """m.deviance against lme4's deviance(m, REML = FALSE): the criterion of an ML fit, and for a REML fit
     the ML deviance at the REML estimates."""
     fx, m = reference(name), fitted(name)
-    assert m.deviance == pytest.approx(fx["ml_deviance_at_estimates"], rel=1e-10)
+    # an ML fit's deviance is its criterion (agreement 1e-10); at REML estimates the ML deviance is not
+    # stationary, so θ's agreement with lme4 (~1e-6) moves it at first order: worst 1.7e-8 (machines_reml)
+    assert m.deviance == pytest.approx(fx["ml_deviance_at_estimates"], rel=1e-7 if fx["REML"] else 1e-10)
 
 
 def test_predict_population_and_new_levels():
