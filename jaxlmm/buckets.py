@@ -40,24 +40,24 @@ from .design import (
     ReBlock,
     Structure,
     VariableSpec,
-    _check_numeric,
-    _check_response,
-    _group_values,
-    _is_factor,
-    _used_as_covariate,
     build_design,
+    check_numeric,
+    check_response,
     clean_column,
     evaluate,
     factor_codes,
     factor_levels,
+    group_values,
     independent_columns,
+    is_factor,
     model_matrix,
+    theta_scale,
     theta_start,
+    used_as_covariate,
 )
 from .deviance import profiled_deviance
 from .errors import DataError
 from .formula import Formula, parse_formula
-from .model import theta_scale
 from .optimize import positive_inverse
 from .shapes import bucket, pad_to_bucket, padded_structure
 
@@ -210,7 +210,7 @@ def _dataset_ids(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 def _same_dtypes(parsed: Formula, long: pd.DataFrame, first: pd.DataFrame) -> bool:
     """Whether the concatenated frame has the first data set's dtypes, grouping-only columns aside."""
-    grouping = {v for r in parsed.random for v in r.group if not _used_as_covariate(v, parsed)}
+    grouping = {v for r in parsed.random for v in r.group if not used_as_covariate(v, parsed)}
     return all(c in grouping for c, a, b in zip(long.columns, long.dtypes, first.dtypes[long.columns]) if a != b)
 
 
@@ -249,7 +249,7 @@ def stack_designs(parsed: Formula, long: pd.DataFrame, ids: np.ndarray, B: int, 
     resp = parsed.response
     raw = {}
     for v in parsed.variables:
-        role = "response" if v == resp else "covariate" if _used_as_covariate(v, parsed) else "grouping"
+        role = "response" if v == resp else "covariate" if used_as_covariate(v, parsed) else "grouping"
         raw[v] = clean_column(v, evaluate(v, long), role)
 
     # rows with a missing value in a used column are dropped, per data set
@@ -270,14 +270,14 @@ def stack_designs(parsed: Formula, long: pd.DataFrame, ids: np.ndarray, B: int, 
         ids = ids[complete]
 
     y_values = raw[resp]
-    _check_response(resp, y_values)
+    check_response(resp, y_values)
     _numeric_checks(resp, y_values, ids, fail)
     specs: dict[str, VariableSpec] = {}
     group_vars = {v for r in parsed.random for v in r.group}
     for v, values in raw.items():
-        if v == resp or (v in group_vars and not _used_as_covariate(v, parsed)):
+        if v == resp or (v in group_vars and not used_as_covariate(v, parsed)):
             continue
-        if _is_factor(values):
+        if is_factor(values):
             specs[v] = VariableSpec(v, factor_levels(values))
             L = len(specs[v].levels)
             present = np.bincount(ids * L + factor_codes(values, specs[v].levels), minlength=B * L)
@@ -410,14 +410,14 @@ def stack_designs(parsed: Formula, long: pd.DataFrame, ids: np.ndarray, B: int, 
 
 
 def _numeric_checks(v: str, values: pd.Series, ids: np.ndarray, fail) -> None:
-    """design's ``_check_numeric`` (infinite or overflowing values), naming the first data set failing it."""
+    """design's ``check_numeric`` (infinite or overflowing values), naming the first data set failing it."""
     arr = values.to_numpy(dtype=float)
     with np.errstate(invalid="ignore"):
         bad = ~(np.abs(arr) <= MAX_ABS)
     if bad.any():
         k = int(ids[bad].min())
         try:
-            _check_numeric(v, values[ids == k])
+            check_numeric(v, values[ids == k])
         except DataError as err:
             fail(k, str(err))
 
@@ -434,7 +434,7 @@ def _group_codes(group: tuple[str, ...], frame: dict[str, pd.Series]) -> tuple[n
         uniques = pd.Series(uniques)
         levels = factor_levels(uniques)
         return factor_codes(uniques, levels)[codes], len(levels)
-    g = _group_values(group, frame)
+    g = group_values(group, frame)
     return g.cat.codes.to_numpy().astype(np.int64), len(g.cat.categories)
 
 

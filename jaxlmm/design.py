@@ -164,7 +164,7 @@ def evaluate(name: str, data: pd.DataFrame) -> pd.Series:
     return out
 
 
-def _is_factor(values: pd.Series) -> bool:
+def is_factor(values: pd.Series) -> bool:
     return not (pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values))
 
 
@@ -302,7 +302,7 @@ class Design:
         return [c for t in self.terms if t.block == k for c in t.columns]
 
 
-def _group_values(group: tuple[str, ...], frame: dict[str, pd.Series]) -> pd.Series:
+def group_values(group: tuple[str, ...], frame: dict[str, pd.Series]) -> pd.Series:
     """The grouping factor of a bar: one variable, or the interaction ``a:b`` (levels "a1:b1")."""
     parts = []
     for v in group:
@@ -329,7 +329,7 @@ def _group_values(group: tuple[str, ...], frame: dict[str, pd.Series]) -> pd.Ser
 MAX_ABS = 1e150  # squares of larger values overflow float64 in the cross-products
 
 
-def _check_numeric(name: str, values: pd.Series) -> None:
+def check_numeric(name: str, values: pd.Series) -> None:
     arr = values.to_numpy(dtype=float)
     if not np.all(np.isfinite(arr)):
         raise DataError(f"column {name!r} has infinite values ({int(np.sum(~np.isfinite(arr)))} rows)")
@@ -383,14 +383,14 @@ def clean_column(name: str, values: pd.Series, role: str) -> pd.Series:
     return values
 
 
-def _check_response(name: str, values: pd.Series) -> None:
+def check_response(name: str, values: pd.Series) -> None:
     if pd.api.types.is_bool_dtype(values.dtype):
         raise DataError(f"the response {name!r} is logical (True/False), not numeric: lmer needs a numeric "
                         "response (convert it with .astype(float) if you mean 0/1)")
     if isinstance(values.dtype, pd.CategoricalDtype):
         raise DataError(f"the response {name!r} is a factor (pandas Categorical), not numeric: lmer needs a "
                         "numeric response")
-    if _is_factor(values):
+    if is_factor(values):
         raise DataError(f"the response {name!r} is not numeric (dtype {values.dtype}): lmer needs a numeric "
                         "response")
 
@@ -457,7 +457,7 @@ def model_frame(formula: Formula, data: pd.DataFrame) -> tuple[dict[str, pd.Seri
     raw = {}
     for v in formula.variables:
         role = ("response" if v == formula.response else
-                "covariate" if _used_as_covariate(v, formula) else "grouping")
+                "covariate" if used_as_covariate(v, formula) else "grouping")
         raw[v] = clean_column(v, evaluate(v, data), role)
     missing = {v: pd.isna(values).to_numpy() for v, values in raw.items()}
     empty = [v for v, m in missing.items() if m.all()]
@@ -476,8 +476,8 @@ def model_frame(formula: Formula, data: pd.DataFrame) -> tuple[dict[str, pd.Seri
 def response(formula: Formula, frame: dict[str, pd.Series]) -> np.ndarray:
     """The response as floats: numeric, finite and not constant."""
     values = frame[formula.response]
-    _check_response(formula.response, values)
-    _check_numeric(formula.response, values)
+    check_response(formula.response, values)
+    check_numeric(formula.response, values)
     y = values.to_numpy(dtype=float)
     if np.ptp(y) == 0:
         raise DataError(f"the response {formula.response!r} is constant (= {y[0]:g} in all {len(y)} "
@@ -490,12 +490,12 @@ def variable_specs(formula: Formula, frame: dict[str, pd.Series]) -> dict[str, V
     group_vars = {v for r in formula.random for v in r.group}
     specs: dict[str, VariableSpec] = {}
     for v, values in frame.items():
-        if v == formula.response or (v in group_vars and not _used_as_covariate(v, formula)):
+        if v == formula.response or (v in group_vars and not used_as_covariate(v, formula)):
             continue
-        if _is_factor(values):
+        if is_factor(values):
             specs[v] = VariableSpec(v, factor_levels(values))
         else:
-            _check_numeric(v, values)
+            check_numeric(v, values)
             specs[v] = VariableSpec(v)
     return specs
 
@@ -533,7 +533,7 @@ def bar_terms(formula: Formula, frame: dict[str, pd.Series], specs: dict[str, Va
     bars = []
     for k, bar in enumerate(formula.random):
         Zt, cols = model_matrix(bar.effects, frame, specs)
-        g = _group_values(bar.group, frame)
+        g = group_values(bar.group, frame)
         nlev = len(g.cat.categories)
         if nlev < 2:
             raise DataError(f"grouping factor {bar.group_name!r} has only one level; a random effect needs at least 2")
@@ -584,7 +584,7 @@ def assemble_blocks(bars: list[BarTerm]):
             [m[0].codes for m in block_bars], [np.column_stack([b.Z for b in m]) for m in block_bars])
 
 
-def _used_as_covariate(v: str, formula: Formula) -> bool:
+def used_as_covariate(v: str, formula: Formula) -> bool:
     parts = [formula.fixed] + [r.effects for r in formula.random]
     return any(v in t for part in parts for t in part.terms)
 
@@ -611,7 +611,7 @@ def new_design_matrices(design: Design, data: pd.DataFrame) -> tuple[np.ndarray,
         Zt, _ = model_matrix(bar.effects, frame, design.specs)
         k = term.block
         Z[k][:, list(term.block_columns)] = Zt
-        g = _group_values(bar.group, frame)
+        g = group_values(bar.group, frame)
         codes[k] = factor_codes(g.astype(object), design.group_levels[k])
     return X, Z, codes
 
