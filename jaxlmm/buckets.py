@@ -459,6 +459,22 @@ def _residual_ratios(M: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- fitting
 
 
+MERGE_RATIO = 16  # level buckets within this factor of a larger one are fitted in it
+
+
+def merged_buckets(sizes: np.ndarray) -> np.ndarray:
+    """Each of the sorted level buckets ``sizes`` replaced by the largest one at most ``MERGE_RATIO`` times
+    its size: a bucket compiles three kernels (seconds each), while padding a data set's levels costs
+    microseconds per lane, so a batch of data sets with 5 to 60 groups runs in one bucket, not four."""
+    merged = sizes.copy()
+    top = sizes[-1] if sizes.size else 0
+    for i in reversed(range(sizes.size)):
+        if top > MERGE_RATIO * sizes[i]:
+            top = sizes[i]
+        merged[i] = top
+    return merged
+
+
 def fit_stacked(stacked: StackedDesigns, reml: bool, chunk_size: int | None = None,
                 progress: bool | None = None) -> BatchFit:
     """Fit every data set of ``stacked``: the stacked arrays of each bucket of level counts built at once
@@ -467,7 +483,7 @@ def fit_stacked(stacked: StackedDesigns, reml: bool, chunk_size: int | None = No
     sizes = np.unique(stacked.n_levels)
     targets = {int(G): padded_structure(Structure((ReBlock(int(G), q, stacked.theta_index),), stacked.n_theta))
                for G in sizes}  # over distinct sizes only
-    padded_sizes = np.array([targets[int(G)].blocks[0].n_levels for G in sizes])
+    padded_sizes = merged_buckets(np.array([targets[int(G)].blocks[0].n_levels for G in sizes]))
     target_G = padded_sizes[np.searchsorted(sizes, stacked.n_levels)]
     seg_ds = np.repeat(np.arange(B), stacked.n_levels)
     within = np.arange(seg_ds.size) - stacked.level_start[seg_ds]
@@ -483,7 +499,7 @@ def fit_stacked(stacked: StackedDesigns, reml: bool, chunk_size: int | None = No
     for G in np.unique(padded_sizes):
         members = np.flatnonzero(target_G == G)
         m = members.size
-        target = targets[int(stacked.n_levels[members[0]])]
+        target = Structure((ReBlock(int(G), q, stacked.theta_index),), stacked.n_theta)
         lane = np.full(B, -1)
         lane[members] = np.arange(m)
         segs = np.flatnonzero(target_G[seg_ds] == G)

@@ -12,7 +12,7 @@ from jaxlmm import buckets, cache
 from jaxlmm.crossprod import crossproducts
 from jaxlmm.design import build_design
 from jaxlmm.model import theta_scale
-from jaxlmm.shapes import pad_to_bucket
+from jaxlmm.shapes import pad_crossproducts, padded_sizes
 
 
 def make_sets(sizes, seed=0):
@@ -67,7 +67,7 @@ def test_stacked_crossproducts_equal_single_designs(formula):
 
 
 def test_stacked_buckets_equal_pad_to_bucket(monkeypatch):
-    """fit_stacked's stacked arrays per bucket are each data set's pad_to_bucket(crossproducts(...))."""
+    """fit_stacked's stacked arrays are each data set's crossproducts padded to the (merged) bucket."""
     sets = make_sets([3, 12, 5, 20, 9], seed=3)
     parsed = jaxlmm.parse_formula("y ~ x * f + (1 + x | g)")
     stacked = buckets.stack_designs(parsed, pd.concat(sets, ignore_index=True),
@@ -81,10 +81,14 @@ def test_stacked_buckets_equal_pad_to_bucket(monkeypatch):
 
     monkeypatch.setattr(buckets, "_fit_bucket", capture)
     buckets.fit_stacked(stacked, reml=True)
-    lanes = {target: 0 for target in seen}
+    assert len(seen) == 1  # 3, 5 -> 8 levels; 9, 12 -> 16; 20 -> 32: all within MERGE_RATIO of 32
+    (target,) = seen
+    assert target.blocks[0].n_levels == 32
+    lanes = {target: 0}
     for k, data in enumerate(sets):
         d = build_design(parsed, data)
-        ref, target = pad_to_bucket(crossproducts(d.y, d.X, d.codes, d.Z, d.structure), d.structure)
+        cp0 = crossproducts(d.y, d.X, d.codes, d.Z, d.structure)
+        ref = pad_crossproducts(cp0, d.structure, target, *padded_sizes(cp0))
         cp, scale = seen[target]
         for name, a, b in zip(ref._fields, ref, cp):
             b = np.asarray(b)[lanes[target]]
@@ -92,7 +96,12 @@ def test_stacked_buckets_equal_pad_to_bucket(monkeypatch):
             np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * max(1.0, np.abs(a).max(initial=0)), err_msg=name)
         np.testing.assert_allclose(scale[lanes[target]], theta_scale(d), rtol=1e-12)
         lanes[target] += 1
-    assert len(seen) == 3  # 3, 5 -> 8 levels; 9, 12 -> 16; 20 -> 32
+
+
+def test_level_buckets_merge_within_a_factor_of_sixteen():
+    assert list(buckets.merged_buckets(np.array([8, 16, 32]))) == [32, 32, 32]
+    assert list(buckets.merged_buckets(np.array([8, 64, 256, 2048]))) == [64, 64, 2048, 2048]
+    assert list(buckets.merged_buckets(np.array([8]))) == [8]
 
 
 def assert_equal_to_lmer(batch, formula, sets, reml):
