@@ -1,4 +1,4 @@
-"""Power by simulation against its exact value on a design where the tests have closed forms.
+"""Power by simulation and the bootstrap LRT against their exact values on a design where they have closed forms.
 
 Every group has the same covariate values, so x is orthogonal to the groups: the slope is estimated from
 the within-group stratum alone, the REML sigma is the within-group residual mean square on
@@ -85,6 +85,36 @@ def test_power_curve_matches_the_exact_power_at_each_size():
     assert list(curve.n_groups) == [12, 24] and (curve.n_valid == 3000).all()
     for g, estimate in zip(curve.n_groups, curve.power):
         assert within_monte_carlo(estimate, prob_t2_above(g, t2_critical(g, "lrt", 0.05)), 3000)
+
+
+@pytest.mark.parametrize("simulation", ["plain", "direct"])
+def test_pbtest_against_the_exact_lrt_and_its_exact_null_law(simulation):
+    """pbtest on data from the balanced design: its LRT equals (n - g) log(1 + t^2 / df), with t the
+    within-group least-squares t of the slope computed here; its reference statistics follow the exact
+    null law of that statistic (t^2 ~ F(1, df)); its p-values are the chi^2 tail of the LRT and, within
+    Monte Carlo error, the exact F tail of t^2."""
+    groups, nsim = 24, 3000
+    data = design(groups)
+    rng = np.random.default_rng(17)
+    g = data.Group.to_numpy()
+    data["y"] = 1 + 0.6 * data.x + rng.normal(scale=0.8, size=groups)[g] + rng.normal(size=len(data))
+    large = jaxlmm.lmer(FORMULA, data, reml=False)
+    small = jaxlmm.lmer("y ~ 1 + (1 | Group)", data, reml=False)
+    assert large.theta[0] > 0.1 and small.theta[0] > 0.1  # away from the boundary, where the law is exact
+    res = jaxlmm.pbtest(large, small, nsim=nsim, seed=5, simulation=simulation)
+    df = t_law(groups)[0]
+    xc = data.x - data.groupby("Group").x.transform("mean")
+    yc = data.y - data.groupby("Group").y.transform("mean")
+    slope = np.sum(xc * yc) / np.sum(xc**2)
+    t2 = slope**2 * np.sum(xc**2) / (np.sum((yc - slope * xc) ** 2) / df)
+    # LRT 2.55 (exact p 0.112); a difference of two optima of criteria near 600, each reached to ~1e-12
+    assert res.lrt == pytest.approx((df + 1) * np.log1p(t2 / df), rel=1e-9)
+    assert res.p_chisq == pytest.approx(scipy.stats.chi2.sf(res.lrt, 1), rel=1e-9)
+    assert res.n_failed == 0 and res.reference.size == nsim
+    ks = scipy.stats.kstest(res.reference, lambda s: scipy.stats.f.cdf(df * np.expm1(s / (df + 1)), 1, df))
+    assert ks.pvalue > 1e-3
+    exact = scipy.stats.f.sf(t2, 1, df)
+    assert abs(res.p_boot - exact) < 4 * np.sqrt(exact * (1 - exact) / nsim) + 1 / nsim
 
 
 def test_power_input_errors():
