@@ -36,8 +36,9 @@ def lme4_rates(nsim: int) -> tuple[float, float] | None:
     with tempfile.TemporaryDirectory() as tmp:
         csv = f"{tmp}/seed.csv"
         jaxlmm.load_seed().to_csv(csv, index=False)
-        out = subprocess.run(["Rscript", "-e", LME4.format(csv=csv, nsim=nsim)], capture_output=True, text=True,
-                             check=False)
+        out = subprocess.run(
+            ["Rscript", "-e", LME4.format(csv=csv, nsim=nsim)], capture_output=True, text=True, check=False
+        )
         if out.returncode != 0:
             return None
         boot_s, pb_s = map(float, out.stdout.strip().splitlines()[-1].split())
@@ -59,8 +60,10 @@ def main() -> None:
     t = time.perf_counter()
     m.bootstrap(args.nsim, seed=1)
     again = time.perf_counter() - t
-    print(f"jaxlmm: compile time about {first - again:.1f} s (first {args.nsim} refits in a new process "
-          f"{first:.2f} s, the same again {again:.2f} s)")
+    print(
+        f"jaxlmm: compile time about {first - again:.1f} s (first {args.nsim} refits in a new process "
+        f"{first:.2f} s, the same again {again:.2f} s)"
+    )
     m.bootstrap(args.nsim, seed=1, simulation="direct")  # its shapes are compiled now too
 
     rates = {}
@@ -69,29 +72,37 @@ def main() -> None:
         fits = m.bootstrap(args.nsim, seed=2, simulation=simulation)
         seconds = time.perf_counter() - t
         rates[simulation] = args.nsim / seconds
-        print(f"jaxlmm bootstrap, {simulation} simulation: {args.nsim} refits in {seconds:.2f} s = "
-              f"{rates[simulation]:,.0f} refits/s; failed {fits.n_failed}; BFGS steps mean "
-              f"{fits.iterations.mean():.1f}, max {fits.iterations.max()}")
+        print(
+            f"jaxlmm bootstrap, {simulation} simulation: {args.nsim} refits in {seconds:.2f} s = "
+            f"{rates[simulation]:,.0f} refits/s; failed {fits.n_failed}; BFGS steps mean "
+            f"{fits.iterations.mean():.1f}, max {fits.iterations.max()}"
+        )
     jaxlmm.pbtest(m, m1, nsim=args.nsim, seed=0)  # compile the small model's kernels too
     pb_seconds = {}
     for simulation in ("plain", "direct"):
         t = time.perf_counter()
         pb = jaxlmm.pbtest(m, m1, nsim=args.nsim, seed=3, simulation=simulation)
         pb_seconds[simulation] = time.perf_counter() - t
-        print(f"jaxlmm PB anova (1+x|Group) vs (1|Group), {simulation} simulation, {args.nsim} simulations: "
-              f"{pb_seconds[simulation]:.2f} s, p_boot {pb.p_boot:.4f}, failed {pb.n_failed}")
+        print(
+            f"jaxlmm PB anova (1+x|Group) vs (1|Group), {simulation} simulation, {args.nsim} simulations: "
+            f"{pb_seconds[simulation]:.2f} s, p_boot {pb.p_boot:.4f}, failed {pb.n_failed}"
+        )
 
     r = lme4_rates(args.lme4_nsim)
     if r is None:
         print("lme4: not measured (Rscript, lme4 or pbkrtest absent)")
         return
     boot_rate, pb_per_sim = r
-    print(f"lme4 bootMer: {boot_rate:,.1f} refits/s; pbkrtest PBmodcomp: {pb_per_sim * 1e3:.1f} ms per simulation "
-          f"({args.lme4_nsim} each)")
+    print(
+        f"lme4 bootMer: {boot_rate:,.1f} refits/s; pbkrtest PBmodcomp: {pb_per_sim * 1e3:.1f} ms per simulation "
+        f"({args.lme4_nsim} each)"
+    )
     for simulation in ("plain", "direct"):
-        print(f"ratio jaxlmm / lme4, refits ({simulation}): {rates[simulation] / boot_rate:,.1f}x;  "
-              f"PB anova ({simulation}): {pb_per_sim * args.nsim / pb_seconds[simulation]:,.1f}x "
-              f"(PBmodcomp would take {pb_per_sim * args.nsim:,.0f} s for {args.nsim})")
+        print(
+            f"ratio jaxlmm / lme4, refits ({simulation}): {rates[simulation] / boot_rate:,.1f}x;  "
+            f"PB anova ({simulation}): {pb_per_sim * args.nsim / pb_seconds[simulation]:,.1f}x "
+            f"(PBmodcomp would take {pb_per_sim * args.nsim:,.0f} s for {args.nsim})"
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,12 @@ def timed(label: str, fn, repeats: int = 1):
         t = time.perf_counter()
         out = fn()
         again.append(time.perf_counter() - t)
-    print(f"{label}: first {first:.3f} s, again (median) {statistics.median(again):.3f} s" if again else f"{label}: {first:.3f} s",
-          flush=True)
+    print(
+        f"{label}: first {first:.3f} s, again (median) {statistics.median(again):.3f} s"
+        if again
+        else f"{label}: {first:.3f} s",
+        flush=True,
+    )
     return out, statistics.median(again) if again else first
 
 
@@ -43,14 +47,18 @@ def main() -> None:
     args = ap.parse_args()
     print(f"devices: {jax.devices()}; jax {jax.__version__}", flush=True)
     jax.block_until_ready(jax.numpy.ones(3) + 1)
-    print(f"host memory with JAX started: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB",
-          flush=True)
+    print(
+        f"host memory with JAX started: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB",
+        flush=True,
+    )
 
     if args.insteval:
         data = pd.read_csv(args.insteval, dtype={"s": str, "d": str, "dept": str, "service": "category"})
-        m, _ = timed("InstEval y ~ service + (1|s) + (1|d) + (1|dept) ML",
-                     lambda: jaxlmm.lmer("y ~ service + (1 | s) + (1 | d) + (1 | dept)", data, reml=False),
-                     repeats=3)
+        m, _ = timed(
+            "InstEval y ~ service + (1|s) + (1|d) + (1|dept) ML",
+            lambda: jaxlmm.lmer("y ~ service + (1 | s) + (1 | d) + (1 | dept)", data, reml=False),
+            repeats=3,
+        )
         print(f"  logLik {m.loglik:.4f}, converged {m.converged}, {m.opt.n_evals} BFGS steps", flush=True)
 
     seed = jaxlmm.load_seed()
@@ -58,20 +66,33 @@ def main() -> None:
     m1 = jaxlmm.lmer("y ~ x + (1 | Group)", seed, reml=False)
     for nsim in args.nsim:
         for simulation in ("plain", "direct"):
-            fits, seconds = timed(f"bootstrap (1 + x | Group), {nsim:,} refits, {simulation} simulation",
-                                  lambda n=nsim, s=simulation: m.bootstrap(n, seed=1, simulation=s, progress=False),
-                                  repeats=1)
-            print(f"  {nsim / seconds:,.0f} refits/s, failed {fits.n_failed}, BFGS steps mean "
-                  f"{fits.iterations.mean():.1f}", flush=True)
-        pb, seconds = timed(f"PB anova (1 + x | Group) vs (1 | Group), {nsim:,} simulations, plain",
-                            lambda n=nsim: jaxlmm.pbtest(m, m1, nsim=n, seed=3, progress=False), repeats=1)
+            fits, seconds = timed(
+                f"bootstrap (1 + x | Group), {nsim:,} refits, {simulation} simulation",
+                lambda n=nsim, s=simulation: m.bootstrap(n, seed=1, simulation=s, progress=False),
+                repeats=1,
+            )
+            print(
+                f"  {nsim / seconds:,.0f} refits/s, failed {fits.n_failed}, BFGS steps mean "
+                f"{fits.iterations.mean():.1f}",
+                flush=True,
+            )
+        pb, seconds = timed(
+            f"PB anova (1 + x | Group) vs (1 | Group), {nsim:,} simulations, plain",
+            lambda n=nsim: jaxlmm.pbtest(m, m1, nsim=n, seed=3, progress=False),
+            repeats=1,
+        )
         print(f"  p_boot {pb.p_boot:.4f}, failed {pb.n_failed}", flush=True)
     if args.million:
         for simulation in ("direct", "plain"):
-            fits, seconds = timed(f"bootstrap, 1,000,000 refits, {simulation} simulation",
-                                  lambda s=simulation: m.bootstrap(1_000_000, seed=1, simulation=s, progress=False))
-            print(f"  {1e6 / seconds:,.0f} refits/s, failed {fits.n_failed}, peak host memory "
-                  f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB", flush=True)
+            fits, seconds = timed(
+                f"bootstrap, 1,000,000 refits, {simulation} simulation",
+                lambda s=simulation: m.bootstrap(1_000_000, seed=1, simulation=s, progress=False),
+            )
+            print(
+                f"  {1e6 / seconds:,.0f} refits/s, failed {fits.n_failed}, peak host memory "
+                f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

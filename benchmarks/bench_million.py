@@ -24,8 +24,10 @@ def main() -> None:
     fits = m.bootstrap(args.nsim, seed=1, simulation=args.simulation)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{args.nsim:,} refits ({args.simulation} simulation) in {seconds:.1f} s = {args.nsim / seconds:,.0f}/s; "
-          f"failed {fits.n_failed}; peak resident memory {peak:,.0f} MiB")
+    print(
+        f"{args.nsim:,} refits ({args.simulation} simulation) in {seconds:.1f} s = {args.nsim / seconds:,.0f}/s; "
+        f"failed {fits.n_failed}; peak resident memory {peak:,.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

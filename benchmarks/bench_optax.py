@@ -93,8 +93,9 @@ def handwritten(criterion, budget: int, gtol: float):
         if hasattr(jaxlmm.optimize, "bfgs_start"):  # bfgs_steps(value_and_grad, state, budget, scale, gtol)
             s = bfgs_steps(vg, jaxlmm.optimize.bfgs_start(theta0, precondition), budget, scale, gtol)
             return Result(s.theta, s.f, s.g, s.steps, s.steps)
-        theta, _, _, f, g, steps, _, _ = bfgs_steps(vg, theta0, jnp.inf, jnp.zeros_like(theta0), precondition, 1.0,
-                                                    budget, scale, gtol=gtol)  # the earlier signature
+        theta, _, _, f, g, steps, _, _ = bfgs_steps(
+            vg, theta0, jnp.inf, jnp.zeros_like(theta0), precondition, 1.0, budget, scale, gtol=gtol
+        )  # the earlier signature
         return Result(theta, f, g, steps, steps)
 
     return solve
@@ -155,11 +156,13 @@ def fixture_cases(quick: bool, only: list[str] | None = None) -> list[dict]:
     return [json.loads((FIXTURES / "lme4" / f"{n}.json").read_text()) for n in names]
 
 
-R_INSTEVAL = ('suppressPackageStartupMessages(library(lme4)); data("InstEval", package = "lme4"); '
-              'if (!file.exists("{csv}")) write.csv(InstEval[, c("s", "d", "dept", "service", "y")], "{csv}", '
-              'row.names = FALSE); '
-              'm <- lmer(y ~ service + (1 | s) + (1 | d) + (1 | dept), InstEval, REML = FALSE); '
-              'cat(sprintf("%.10f\\n", deviance(m)))')
+R_INSTEVAL = (
+    'suppressPackageStartupMessages(library(lme4)); data("InstEval", package = "lme4"); '
+    'if (!file.exists("{csv}")) write.csv(InstEval[, c("s", "d", "dept", "service", "y")], "{csv}", '
+    "row.names = FALSE); "
+    "m <- lmer(y ~ service + (1 | s) + (1 | d) + (1 | dept), InstEval, REML = FALSE); "
+    'cat(sprintf("%.10f\\n", deviance(m)))'
+)
 
 
 def insteval(path: str | None) -> tuple[pd.DataFrame, float] | None:
@@ -171,8 +174,7 @@ def insteval(path: str | None) -> tuple[pd.DataFrame, float] | None:
         if shutil.which("Rscript") is None:
             return None
         csv.parent.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(["Rscript", "-e", R_INSTEVAL.format(csv=csv)], capture_output=True, text=True,
-                             check=False)
+        out = subprocess.run(["Rscript", "-e", R_INSTEVAL.format(csv=csv)], capture_output=True, text=True, check=False)
         if out.returncode != 0:
             print("note: Rscript could not fit InstEval:", out.stderr.strip()[-300:])
             return None
@@ -231,26 +233,35 @@ def single_fit(label: str, formula: str, data: pd.DataFrame, reml: bool, best: f
     hw_args = (theta0, precondition, scale, cp)
     compiled, row["hw_compile"] = timed_compile(handwritten(criterion, SINGLE_BUDGET, SINGLE_GTOL), *hw_args)
     row["hw_warm"], r = warm_median(compiled, hw_args, repeats)
-    row.update(hw_evals=int(r.evals), hw_delta=float(r.f) - best,
-               hw_stop=stop_reason(r, scale, SINGLE_GTOL, SINGLE_BUDGET))
+    row.update(
+        hw_evals=int(r.evals), hw_delta=float(r.f) - best, hw_stop=stop_reason(r, scale, SINGLE_GTOL, SINGLE_BUDGET)
+    )
 
     root = np.sqrt(precondition)
     ox_args = (theta0 / root, np.zeros_like(theta0), np.diag(root), np.diag(1.0 / root), scale, cp)
     compiled, row["ox_compile"] = timed_compile(optax_lbfgs(criterion, SINGLE_BUDGET, SINGLE_GTOL), *ox_args)
     row["ox_warm"], r = warm_median(compiled, ox_args, repeats)
-    row.update(ox_evals=int(r.evals), ox_iters=int(r.iterations), ox_delta=float(r.f) - best,
-               ox_stop=stop_reason(r, scale, SINGLE_GTOL, SINGLE_BUDGET))
+    row.update(
+        ox_evals=int(r.evals),
+        ox_iters=int(r.iterations),
+        ox_delta=float(r.f) - best,
+        ox_stop=stop_reason(r, scale, SINGLE_GTOL, SINGLE_BUDGET),
+    )
     return row
 
 
 def print_single(rows: list[dict]) -> None:
-    print("\n| case | θ | compile hw / optax (s) | warm hw / optax (ms) | evals hw / optax (iters) "
-          "| criterion − lme4 hw / optax | stop hw / optax |")
+    print(
+        "\n| case | θ | compile hw / optax (s) | warm hw / optax (ms) | evals hw / optax (iters) "
+        "| criterion − lme4 hw / optax | stop hw / optax |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['n_theta']} | {r['hw_compile']:.2f} / {r['ox_compile']:.2f} "
-              f"| {1e3 * r['hw_warm']:.3g} / {1e3 * r['ox_warm']:.3g} | {r['hw_evals']} / {r['ox_evals']} "
-              f"({r['ox_iters']}) | {r['hw_delta']:.2e} / {r['ox_delta']:.2e} | {r['hw_stop']} / {r['ox_stop']} |")
+        print(
+            f"| {r['case']} | {r['n_theta']} | {r['hw_compile']:.2f} / {r['ox_compile']:.2f} "
+            f"| {1e3 * r['hw_warm']:.3g} / {1e3 * r['ox_warm']:.3g} | {r['hw_evals']} / {r['ox_evals']} "
+            f"({r['ox_iters']}) | {r['hw_delta']:.2e} / {r['ox_delta']:.2e} | {r['hw_stop']} / {r['ox_stop']} |"
+        )
 
 
 def summarise_single(rows: list[dict]) -> dict:
@@ -265,18 +276,25 @@ def summarise_single(rows: list[dict]) -> dict:
         "total_evals_hw": sum(r["hw_evals"] for r in rows),
         "total_evals_optax": sum(r["ox_evals"] for r in rows),
         "optax_fewer_evals": sum(r["ox_evals"] < r["hw_evals"] for r in rows),
-        "optax_worse_optimum": [r["case"] for r in rows if r["ox_delta"] > r["hw_delta"] + 1e-6 * (1 + abs(r["hw_delta"]))],
-        "hw_worse_optimum": [r["case"] for r in rows if r["hw_delta"] > r["ox_delta"] + 1e-6 * (1 + abs(r["ox_delta"]))],
+        "optax_worse_optimum": [
+            r["case"] for r in rows if r["ox_delta"] > r["hw_delta"] + 1e-6 * (1 + abs(r["hw_delta"]))
+        ],
+        "hw_worse_optimum": [
+            r["case"] for r in rows if r["hw_delta"] > r["ox_delta"] + 1e-6 * (1 + abs(r["ox_delta"]))
+        ],
         "same_optimum_and_optax_at_least_as_fast": [
-            r["case"] for r in rows if abs(r["ox_delta"] - r["hw_delta"]) <= tol(r) and r["ox_warm"] <= r["hw_warm"]],
+            r["case"] for r in rows if abs(r["ox_delta"] - r["hw_delta"]) <= tol(r) and r["ox_warm"] <= r["hw_warm"]
+        ],
         "median_ms_per_eval_hw": statistics.median(r["hw_warm"] / r["hw_evals"] * 1e3 for r in rows),
         "median_ms_per_eval_optax": statistics.median(r["ox_warm"] / r["ox_evals"] * 1e3 for r in rows),
     }
-    print(f"\nsummary over {s['cases']} cases: optax faster warm in {s['optax_faster_warm']}; median warm ratio "
-          f"optax/hw {s['median_warm_ratio_optax_over_hw']:.2f}, median compile ratio "
-          f"{s['median_compile_ratio_optax_over_hw']:.2f}; evaluations hw {s['total_evals_hw']} vs optax "
-          f"{s['total_evals_optax']} (optax fewer in {s['optax_fewer_evals']}); median ms per evaluation hw "
-          f"{s['median_ms_per_eval_hw']:.4f} optax {s['median_ms_per_eval_optax']:.4f}")
+    print(
+        f"\nsummary over {s['cases']} cases: optax faster warm in {s['optax_faster_warm']}; median warm ratio "
+        f"optax/hw {s['median_warm_ratio_optax_over_hw']:.2f}, median compile ratio "
+        f"{s['median_compile_ratio_optax_over_hw']:.2f}; evaluations hw {s['total_evals_hw']} vs optax "
+        f"{s['total_evals_optax']} (optax fewer in {s['optax_fewer_evals']}); median ms per evaluation hw "
+        f"{s['median_ms_per_eval_hw']:.4f} optax {s['median_ms_per_eval_optax']:.4f}"
+    )
     print(f"optax worse optimum (> 1e-6): {s['optax_worse_optimum']}; hw worse: {s['hw_worse_optimum']}")
     print(f"same optimum and optax at least as fast: {s['same_optimum_and_optax_at_least_as_fast']}")
     return s
@@ -384,11 +402,23 @@ def batched(nsim: int, chunks: list[int], repeats: int) -> dict:
 
     def row(name, chunk, first, wall, failed, evals, diff, **extra):
         lanes = max(wall - prep, 1e-9)
-        r = {"optimiser": name, "chunk": chunk, "first_call_s": first, "wall_s": wall, "lanes_s": lanes,
-             "refits_per_s": nsim / wall, "failed": failed, "evals_mean": float(np.mean(evals)),
-             "evals_max": int(np.max(evals)), "vg_chunk_ms": 1e3 * vg[chunk],
-             "eval_equivalents": lanes / vg[chunk] * chunk / nsim, "max_abs_diff_vs_ref": float(np.nanmax(np.abs(diff))),
-             "above_ref_1e-6": int(np.sum(diff > 1e-6)), "below_ref_1e-6": int(np.sum(diff < -1e-6)), **extra}
+        r = {
+            "optimiser": name,
+            "chunk": chunk,
+            "first_call_s": first,
+            "wall_s": wall,
+            "lanes_s": lanes,
+            "refits_per_s": nsim / wall,
+            "failed": failed,
+            "evals_mean": float(np.mean(evals)),
+            "evals_max": int(np.max(evals)),
+            "vg_chunk_ms": 1e3 * vg[chunk],
+            "eval_equivalents": lanes / vg[chunk] * chunk / nsim,
+            "max_abs_diff_vs_ref": float(np.nanmax(np.abs(diff))),
+            "above_ref_1e-6": int(np.sum(diff > 1e-6)),
+            "below_ref_1e-6": int(np.sum(diff < -1e-6)),
+            **extra,
+        }
         out["rows"].append(r)
 
     ref = None
@@ -403,8 +433,15 @@ def batched(nsim: int, chunks: list[int], repeats: int) -> dict:
             times.append(time.perf_counter() - t)
         fit = fits[-1]
         ref = fit if ref is None else ref
-        row("jaxlmm fit_responses (hand-written BFGS)", chunk, first, statistics.median(times),
-            int((~fit.converged).sum()), fit.iterations, fit.criterion - ref.criterion)
+        row(
+            "jaxlmm fit_responses (hand-written BFGS)",
+            chunk,
+            first,
+            statistics.median(times),
+            int((~fit.converged).sum()),
+            fit.iterations,
+            fit.criterion - ref.criterion,
+        )
     cp_axes = cp_axes_of(m.cp)
     for mode in ("vmap", "lax.map"):  # optax lanes
         for chunk in chunks:
@@ -416,24 +453,42 @@ def batched(nsim: int, chunks: list[int], repeats: int) -> dict:
             for _ in range(repeats):
                 res, w = optax_batch(m, Y, reml, chunk, lanes_fn)
                 walls.append(w)
-            row(f"optax.lbfgs lanes ({mode})", chunk, first, statistics.median(walls), int((~res["converged"]).sum()),
-                res["evals"], res["f"] - ref.criterion, **({"outer_trips": res["outer_trips"]} if mode == "vmap" else {}))
-    print(f"\nbatched refits: {SEED_FORMULA} ML, {nsim} responses (m.simulate(nsim, seed=1)); wall = median of "
-          f"{repeats} calls after a first (compiling) call; both routes include the preparation "
-          f"(cross-products of Y, start Hessian: {prep:.3f} s); lanes = wall − preparation")
-    print("| optimiser | chunk | first call s | wall s | refits/s | failed | evals per fit mean / max "
-          "| eval-equivalents per fit | max |Δcriterion| vs jaxlmm | above / below by > 1e-6 |")
+            row(
+                f"optax.lbfgs lanes ({mode})",
+                chunk,
+                first,
+                statistics.median(walls),
+                int((~res["converged"]).sum()),
+                res["evals"],
+                res["f"] - ref.criterion,
+                **({"outer_trips": res["outer_trips"]} if mode == "vmap" else {}),
+            )
+    print(
+        f"\nbatched refits: {SEED_FORMULA} ML, {nsim} responses (m.simulate(nsim, seed=1)); wall = median of "
+        f"{repeats} calls after a first (compiling) call; both routes include the preparation "
+        f"(cross-products of Y, start Hessian: {prep:.3f} s); lanes = wall − preparation"
+    )
+    print(
+        "| optimiser | chunk | first call s | wall s | refits/s | failed | evals per fit mean / max "
+        "| eval-equivalents per fit | max |Δcriterion| vs jaxlmm | above / below by > 1e-6 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in out["rows"]:
-        print(f"| {r['optimiser']} | {r['chunk']} | {r['first_call_s']:.2f} | {r['wall_s']:.3f} | "
-              f"{r['refits_per_s']:,.0f} | {r['failed']} | {r['evals_mean']:.1f} / {r['evals_max']} | "
-              f"{r['eval_equivalents']:.1f} | {r['max_abs_diff_vs_ref']:.1e} | {r['above_ref_1e-6']} / "
-              f"{r['below_ref_1e-6']} |")
-    print("one vmapped value-and-gradient of a chunk: " + ", ".join(f"{c} lanes {1e3 * v:.2f} ms" for c, v in vg.items()))
+        print(
+            f"| {r['optimiser']} | {r['chunk']} | {r['first_call_s']:.2f} | {r['wall_s']:.3f} | "
+            f"{r['refits_per_s']:,.0f} | {r['failed']} | {r['evals_mean']:.1f} / {r['evals_max']} | "
+            f"{r['eval_equivalents']:.1f} | {r['max_abs_diff_vs_ref']:.1e} | {r['above_ref_1e-6']} / "
+            f"{r['below_ref_1e-6']} |"
+        )
+    print(
+        "one vmapped value-and-gradient of a chunk: " + ", ".join(f"{c} lanes {1e3 * v:.2f} ms" for c, v in vg.items())
+    )
     for r in out["rows"]:
         if "outer_trips" in r:
-            print(f"{r['optimiser']} chunk {r['chunk']}: optimiser-loop trips (the slowest lane's iterations) "
-                  f"summed over chunks {r['outer_trips']}")
+            print(
+                f"{r['optimiser']} chunk {r['chunk']}: optimiser-loop trips (the slowest lane's iterations) "
+                f"summed over chunks {r['outer_trips']}"
+            )
     return out
 
 
@@ -484,8 +539,11 @@ def loop_structure() -> list[dict]:
     k = theta0.size
     solvers = {
         "hand-written": (handwritten(crit, 10, 1e-8), (theta0, scale**2, scale, cp), (0, None, None, None)),
-        "optax.lbfgs": (optax_lbfgs(crit, 10, 1e-8), (theta0, np.zeros(k), np.eye(k), np.eye(k), scale, cp),
-                        (0, None, None, None, None, None)),
+        "optax.lbfgs": (
+            optax_lbfgs(crit, 10, 1e-8),
+            (theta0, np.zeros(k), np.eye(k), np.eye(k), scale, cp),
+            (0, None, None, None, None, None),
+        ),
     }
     rows = []
     for name, (fn, args, axes) in solvers.items():
@@ -497,8 +555,10 @@ def loop_structure() -> list[dict]:
             # a value-and-gradient is two passes (forward and transposed)
             trips = [(d, tuple(c // 2 for c in counts)) for d, counts in loops]
             rows.append({"optimiser": name, "vmapped": vmapped, "loops": trips})
-    print("\nvalue-and-gradient evaluations per loop trip (depth 1: the optimiser's loop, excluding nested loops; "
-          "depth 2: a line-search step), as (min, max) over the cond branches taken")
+    print(
+        "\nvalue-and-gradient evaluations per loop trip (depth 1: the optimiser's loop, excluding nested loops; "
+        "depth 2: a line-search step), as (min, max) over the cond branches taken"
+    )
     for r in rows:
         desc = ", ".join(f"depth {d}: {lo}" + ("" if lo == hi else f"–{hi}") for d, (lo, hi) in sorted(r["loops"]))
         print(f"  {r['optimiser']:13s} {'vmapped' if r['vmapped'] else 'single '}  {desc}")
@@ -521,8 +581,10 @@ def main() -> None:
     nsim = args.nsim or (1000 if args.quick else 10_000)
     repeats = 1 if args.quick else args.repeats
     load0 = os.getloadavg()
-    print(f"jax {jax.__version__}, optax {optax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} CPUs; "
-          f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+    print(
+        f"jax {jax.__version__}, optax {optax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} CPUs; "
+        f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}"
+    )
     results: dict = {"jax": jax.__version__, "optax": optax.__version__, "loadavg_start": load0}
 
     results["loops"] = loop_structure()
@@ -530,8 +592,11 @@ def main() -> None:
     rows = []
     for fx in fixture_cases(args.quick, args.cases):
         rows.append(single_fit(fx["name"], fx["formula"], load_data(fx["data"]), fx["REML"], fx["criterion"], 5))
-        print(f"  {fx['name']}: hw {rows[-1]['hw_evals']} evals {1e3 * rows[-1]['hw_warm']:.3g} ms, optax "
-              f"{rows[-1]['ox_evals']} evals {1e3 * rows[-1]['ox_warm']:.3g} ms", flush=True)
+        print(
+            f"  {fx['name']}: hw {rows[-1]['hw_evals']} evals {1e3 * rows[-1]['hw_warm']:.3g} ms, optax "
+            f"{rows[-1]['ox_evals']} evals {1e3 * rows[-1]['ox_warm']:.3g} ms",
+            flush=True,
+        )
     if not (args.quick or args.no_insteval or args.cases) or args.insteval:
         got = insteval(args.insteval)
         if got is None:
@@ -547,8 +612,10 @@ def main() -> None:
     if not args.no_batch:
         results["batch"] = batched(nsim, args.chunks, repeats)
     results["loadavg_end"] = os.getloadavg()
-    print(f"\nload average at the end {results['loadavg_end'][0]:.2f} {results['loadavg_end'][1]:.2f} "
-          f"{results['loadavg_end'][2]:.2f}")
+    print(
+        f"\nload average at the end {results['loadavg_end'][0]:.2f} {results['loadavg_end'][1]:.2f} "
+        f"{results['loadavg_end'][2]:.2f}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
 

@@ -26,8 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 TASKS = {  # name: (data, formula, reml, statsmodels (fixed, groups, re_formula) or None)
-    "sleepstudy (Days | Subject) REML": ("sleepstudy", "Reaction ~ Days + (Days | Subject)", True,
-                                          ("Reaction ~ Days", "Subject", "~Days")),
+    "sleepstudy (Days | Subject) REML": (
+        "sleepstudy",
+        "Reaction ~ Days + (Days | Subject)",
+        True,
+        ("Reaction ~ Days", "Subject", "~Days"),
+    ),
     "seed (1 | Group) ML": ("seed", "y ~ x + (1 | Group)", False, ("y ~ x", "Group", "~1")),
     "seed (1 + x | Group) ML": ("seed", "y ~ x + (1 + x | Group)", False, ("y ~ x", "Group", "~x")),
     "InstEval (1|s)+(1|d)+(1|dept) ML": ("InstEval", "y ~ service + (1 | s) + (1 | d) + (1 | dept)", False, None),
@@ -82,8 +86,10 @@ def export_data(folder: Path, with_insteval: bool) -> dict[str, Path]:
     if with_insteval:
         target = folder / "InstEval.csv"
         if shutil.which("Rscript"):
-            export = (f'data("InstEval", package = "lme4"); write.csv(InstEval[, c("s", "d", "dept", "service", '
-                      f'"y")], "{target}", row.names = FALSE)')
+            export = (
+                f'data("InstEval", package = "lme4"); write.csv(InstEval[, c("s", "d", "dept", "service", '
+                f'"y")], "{target}", row.names = FALSE)'
+            )
             subprocess.run(["Rscript", "-e", export], check=False, capture_output=True)
         if not target.exists():
             try:
@@ -98,8 +104,9 @@ def export_data(folder: Path, with_insteval: bool) -> dict[str, Path]:
 
 
 def timed(cmd: list[str], env: dict | None = None) -> dict | None:
-    out = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M", *cmd], capture_output=True, text=True, check=False,
-                         env=env)
+    out = subprocess.run(
+        ["/usr/bin/time", "-f", "TIME %e %M", *cmd], capture_output=True, text=True, check=False, env=env
+    )
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("TIME ")]
     result = None
     for line in reversed(out.stdout.strip().splitlines()):
@@ -116,10 +123,13 @@ def timed(cmd: list[str], env: dict | None = None) -> dict | None:
 
 def available(tool: str) -> bool:
     if tool == "lme4":
-        return shutil.which("Rscript") is not None and subprocess.run(
-            ["Rscript", "-e", "library(lme4)"], capture_output=True, check=False).returncode == 0
-    module = {"jaxlmm": "jaxlmm", "jaxlmm (empty cache)": "jaxlmm", "mixedlm": "mixedlm",
-              "statsmodels": "statsmodels"}[tool]
+        return (
+            shutil.which("Rscript") is not None
+            and subprocess.run(["Rscript", "-e", "library(lme4)"], capture_output=True, check=False).returncode == 0
+        )
+    module = {"jaxlmm": "jaxlmm", "jaxlmm (empty cache)": "jaxlmm", "mixedlm": "mixedlm", "statsmodels": "statsmodels"}[
+        tool
+    ]
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, check=False).returncode == 0
 
 
@@ -149,8 +159,17 @@ def main() -> None:
                 if tool == "lme4":
                     cmd = ["Rscript", "-e", R_DRIVER, str(paths[data]), formula, str(int(reml)), str(repeats)]
                 else:
-                    cmd = [sys.executable, "-c", PYTHON_DRIVER, tool.split()[0], str(paths[data]), formula,
-                           str(int(reml)), str(repeats), json.dumps(sm)]
+                    cmd = [
+                        sys.executable,
+                        "-c",
+                        PYTHON_DRIVER,
+                        tool.split()[0],
+                        str(paths[data]),
+                        formula,
+                        str(int(reml)),
+                        str(repeats),
+                        json.dumps(sm),
+                    ]
                 env = None
                 if tool.startswith("jaxlmm"):  # a cache folder of its own, empty: a first run on a new machine
                     env = dict(os.environ, JAXLMM_CACHE_DIR=tempfile.mkdtemp(dir=tmp))
@@ -162,8 +181,10 @@ def main() -> None:
                     continue
                 rows.append({"task": task, "tool": tool, **res})
                 warm = f"{1e3 * res['warm_s']:9.1f} ms" if res.get("warm_s") is not None else " " * 12
-                print(f" first {res['first_s']:7.3f} s  warm {warm}  process {res['process_s']:6.2f} s  "
-                      f"peak {res['peak_mib']:6.0f} MiB  logLik {res['loglik']:.4f}")
+                print(
+                    f" first {res['first_s']:7.3f} s  warm {warm}  process {res['process_s']:6.2f} s  "
+                    f"peak {res['peak_mib']:6.0f} MiB  logLik {res['loglik']:.4f}"
+                )
     print("\nRatios against lme4 in this run (lme4 time / tool time; >1 means faster than lme4):")
     for task in TASKS:
         base = next((r for r in rows if r["task"] == task and r["tool"] == "lme4"), None)
@@ -172,9 +193,11 @@ def main() -> None:
         for r in rows:
             if r["task"] == task and r["tool"] != "lme4":
                 key = "warm_s" if r.get("warm_s") and base.get("warm_s") else "first_s"
-                print(f"  {task:36s} {r['tool']:20s} {key}: {base[key] / r[key]:6.2f}x   "
-                      f"cold process: {base['process_s'] / r['process_s']:5.2f}x   "
-                      f"logLik - lme4's: {r['loglik'] - base['loglik']:+.4f}")
+                print(
+                    f"  {task:36s} {r['tool']:20s} {key}: {base[key] / r[key]:6.2f}x   "
+                    f"cold process: {base['process_s'] / r['process_s']:5.2f}x   "
+                    f"logLik - lme4's: {r['loglik'] - base['loglik']:+.4f}"
+                )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

@@ -62,7 +62,9 @@ def say(*a):
     print(*a, flush=True)
 """
 
-SHAPES_JAXLMM = PRELUDE + r"""
+SHAPES_JAXLMM = (
+    PRELUDE
+    + r"""
 csv = sys.argv[1]
 import pandas as pd
 import jaxlmm
@@ -80,6 +82,7 @@ for i, d in enumerate(sets, 1):
 loop = time.perf_counter() - t0
 say(json.dumps({"loop_s": loop, "fits": len(sets), "mappings": mappings(), "peak_mib": peak_mib(), **counts()}))
 """
+)
 
 SHAPES_R = r"""
 suppressPackageStartupMessages(library(lmerTest))
@@ -96,7 +99,9 @@ cat(sprintf('{"loop_s": %.6f, "fits": %d, "cum_s": [%s]}\n', cum[length(cum)], l
             paste(sprintf("%.4f", cum), collapse = ",")))
 """
 
-MANY_JAXLMM = PRELUDE + r"""
+MANY_JAXLMM = (
+    PRELUDE
+    + r"""
 import inspect
 csv, formula = sys.argv[1], sys.argv[2]
 import pandas as pd
@@ -127,6 +132,7 @@ else:
 out["counts"] = counts()
 say(json.dumps(out))
 """
+)
 
 MANY_MIXEDLM = r"""
 import json, sys, time
@@ -154,7 +160,9 @@ t <- system.time(for (s in sets) m <- suppressMessages(suppressWarnings(lmer(f, 
 cat(sprintf('{"loop_s": %.6f, "fits": %d}\n', t, length(sets)))
 """
 
-FIRST_JAXLMM = PRELUDE + r"""
+FIRST_JAXLMM = (
+    PRELUDE
+    + r"""
 ncols = int(sys.argv[1])
 import jaxlmm
 f = "y ~ x + (1 + x | Group)"
@@ -170,6 +178,7 @@ for call in ("first", "repeated"):
 out.update(counts())
 say(json.dumps(out))
 """
+)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -200,10 +209,17 @@ def run_child(cmd: list[str], env: dict | None = None, timeout: float = 3600, la
     out = dict(result or {})
     out.update(returncode=proc.returncode, process_s=wall)
     if result is None:
-        out.update(fits_done=fits_done, elapsed_at_last_fit_s=last_el, last_progress=last_progress,
-                   stderr_tail=stderr.strip()[-600:])
-        print(f"    [{label}] FAILED: exit status {proc.returncode} after {fits_done} fits; stderr tail:\n"
-              + "\n".join("      " + ln for ln in stderr.strip().splitlines()[-6:]), flush=True)
+        out.update(
+            fits_done=fits_done,
+            elapsed_at_last_fit_s=last_el,
+            last_progress=last_progress,
+            stderr_tail=stderr.strip()[-600:],
+        )
+        print(
+            f"    [{label}] FAILED: exit status {proc.returncode} after {fits_done} fits; stderr tail:\n"
+            + "\n".join("      " + ln for ln in stderr.strip().splitlines()[-6:]),
+            flush=True,
+        )
     return out
 
 
@@ -220,14 +236,18 @@ def have_module(name: str) -> bool:
 
 def versions() -> dict:
     v = {"python": sys.version.split()[0]}
-    probe = ("import jax, jaxlmm, numpy; print(jax.__version__, numpy.__version__, jaxlmm.__file__);"
-             "import importlib.metadata as m\ntry: print(m.version('mixedlm'))\nexcept Exception: print('-')")
+    probe = (
+        "import jax, jaxlmm, numpy; print(jax.__version__, numpy.__version__, jaxlmm.__file__);"
+        "import importlib.metadata as m\ntry: print(m.version('mixedlm'))\nexcept Exception: print('-')"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False).stdout.split()
     if len(out) >= 4:
         v.update(jax=out[0], numpy=out[1], jaxlmm_file=out[2], mixedlm=out[3])
     if shutil.which("Rscript"):
-        code = ('cat(R.version.string, "\\n"); for (p in c("lme4", "lmerTest", "Matrix")) '
-                'cat(p, tryCatch(as.character(packageVersion(p)), error = function(e) "-"), "\\n")')
+        code = (
+            'cat(R.version.string, "\\n"); for (p in c("lme4", "lmerTest", "Matrix")) '
+            'cat(p, tryCatch(as.character(packageVersion(p)), error = function(e) "-"), "\\n")'
+        )
         r = subprocess.run(["Rscript", "-e", code], capture_output=True, text=True, check=False).stdout
         v["R"] = " | ".join(ln.strip() for ln in r.splitlines() if ln.strip())
     return v
@@ -269,7 +289,8 @@ def many_data(same: int, varied: int, same_path: Path, varied_path: Path) -> Non
     Y = m.simulate(same, seed=11)
     base = pd.DataFrame({"x": seed["x"].to_numpy(), "Group": seed["Group"].astype(str).to_numpy()})
     pd.concat([base.assign(id=k, y=Y[:, k]) for k in range(same)])[["id", "y", "x", "Group"]].to_csv(
-        same_path, index=False)
+        same_path, index=False
+    )
     rng = np.random.default_rng(7)
     frames = []
     for k in range(varied):
@@ -284,8 +305,11 @@ def many_data(same: int, varied: int, same_path: Path, varied_path: Path) -> Non
 
 # --------------------------------------------------------------------------------------------- workloads
 def bench_shapes(args, tmp: Path, tools: dict) -> dict:
-    print(f"\n=== 1. shapes loop: {args.n_shapes} fits of y ~ x + (1 + x | g) REML + tidy(), 5..{4 + args.n_shapes} "
-          "groups x 6 rows", flush=True)
+    print(
+        f"\n=== 1. shapes loop: {args.n_shapes} fits of y ~ x + (1 + x | g) REML + tidy(), 5..{4 + args.n_shapes} "
+        "groups x 6 rows",
+        flush=True,
+    )
     csv = tmp / "shapes.csv"
     shapes_data(args.n_shapes, csv)
     res = {}
@@ -300,22 +324,31 @@ def bench_shapes(args, tmp: Path, tools: dict) -> dict:
     else:
         print("  note: R/lmerTest not installed; lme4 row skipped")
     base = res.get("lme4", {}).get("loop_s")
-    print(f"\n  {'tool':20s} {'loop s':>9s} {'vs lme4':>8s} {'fits':>9s} {'maps':>7s} {'peak MiB':>9s} "
-          f"{'compiled':>9s} {'cache hits':>10s}  bar")
+    print(
+        f"\n  {'tool':20s} {'loop s':>9s} {'vs lme4':>8s} {'fits':>9s} {'maps':>7s} {'peak MiB':>9s} "
+        f"{'compiled':>9s} {'cache hits':>10s}  bar"
+    )
     for key, r in res.items():
         done = r.get("fits", r.get("fits_done"))
         loop = r.get("loop_s")
         bar = {"jaxlmm empty cache": "<= 1.5x", "jaxlmm warm cache": "<= 0.5x"}.get(key, "")
         if loop is None:
             el, cum = r.get("elapsed_at_last_fit_s"), res.get("lme4", {}).get("cum_s")
-            same = f"; lme4's first {done} fits took {cum[done - 1]:.2f} s: {el / cum[done - 1]:.1f}x" if (
-                el and cum and 0 < done <= len(cum)) else ""
-            print(f"  {key:20s} {'died':>9s} {'':8s} {done:>5}/{args.n_shapes} exit {r['returncode']} at "
-                  f"{el or 0:.1f} s{same}   {bar}")
+            same = (
+                f"; lme4's first {done} fits took {cum[done - 1]:.2f} s: {el / cum[done - 1]:.1f}x"
+                if (el and cum and 0 < done <= len(cum))
+                else ""
+            )
+            print(
+                f"  {key:20s} {'died':>9s} {'':8s} {done:>5}/{args.n_shapes} exit {r['returncode']} at "
+                f"{el or 0:.1f} s{same}   {bar}"
+            )
             continue
         peak = f"{r['peak_mib']:.0f}" if r.get("peak_mib") else ""
-        print(f"  {key:20s} {loop:9.2f} {ratio(loop, base) if key != 'lme4' else '':>8s} {done:>9} "
-              f"{r.get('mappings', ''):>7} {peak:>9} {r.get('compiled', ''):>9} {r.get('cache_hits', ''):>10}  {bar}")
+        print(
+            f"  {key:20s} {loop:9.2f} {ratio(loop, base) if key != 'lme4' else '':>8s} {done:>9} "
+            f"{r.get('mappings', ''):>7} {peak:>9} {r.get('compiled', ''):>9} {r.get('cache_hits', ''):>10}  {bar}"
+        )
     return res
 
 
@@ -328,8 +361,14 @@ def bench_walkthrough(args, tmp: Path) -> dict:
 
     def once(env) -> float | None:
         t = time.perf_counter()
-        r = subprocess.run([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True, check=False)
+        r = subprocess.run(
+            [sys.executable, str(script)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
         s = time.perf_counter() - t
         if r.returncode != 0:
             print(f"    failed (exit {r.returncode}): {r.stderr.strip()[-300:]}")
@@ -346,26 +385,39 @@ def bench_walkthrough(args, tmp: Path) -> dict:
     for key, times, bar in (("cold", cold, "<= 6 s"), ("warm", warm, "<= 2.5 s")):
         ok = [t for t in times if t is not None]
         res[key + "_median_s"] = statistics.median(ok) if ok else None
-        print(f"  {key}: median {res[key + '_median_s'] or float('nan'):6.2f} s  runs "
-              f"{', '.join(f'{t:.2f}' if t else 'failed' for t in times)}   bar {bar}", flush=True)
+        print(
+            f"  {key}: median {res[key + '_median_s'] or float('nan'):6.2f} s  runs "
+            f"{', '.join(f'{t:.2f}' if t else 'failed' for t in times)}   bar {bar}",
+            flush=True,
+        )
     return res
 
 
 def bench_many(args, tmp: Path, tools: dict) -> dict:
-    print(f"\n=== 3. many data sets: y ~ x + (1 | Group) ML; (a) {args.same} of the seed's shape, (b) {args.varied} "
-          "of 5..60 groups x 3..30 rows", flush=True)
+    print(
+        f"\n=== 3. many data sets: y ~ x + (1 | Group) ML; (a) {args.same} of the seed's shape, (b) {args.varied} "
+        "of 5..60 groups x 3..30 rows",
+        flush=True,
+    )
     same_csv, varied_csv = tmp / "same.csv", tmp / "varied.csv"
     many_data(args.same, args.varied, same_csv, varied_csv)
     formula = "y ~ x + (1 | Group)"
     res = {}
     for name, csv, n, bar in (("a_same", same_csv, args.same, 10_000), ("b_varied", varied_csv, args.varied, 5_000)):
         print(f"  ({name}) jaxlmm fit_batch ...", flush=True)
-        r = {"jaxlmm": run_child([sys.executable, "-c", MANY_JAXLMM, str(csv), formula], fresh_cache(tmp),
-                                 args.timeout, "jaxlmm")}
+        r = {
+            "jaxlmm": run_child(
+                [sys.executable, "-c", MANY_JAXLMM, str(csv), formula], fresh_cache(tmp), args.timeout, "jaxlmm"
+            )
+        }
         if tools["mixedlm"]:
             print(f"  ({name}) mixedlm loop over {min(n, args.mixedlm_max)} ...", flush=True)
-            r["mixedlm"] = run_child([sys.executable, "-c", MANY_MIXEDLM, str(csv), formula, str(args.mixedlm_max)],
-                                     None, args.timeout, "mixedlm")
+            r["mixedlm"] = run_child(
+                [sys.executable, "-c", MANY_MIXEDLM, str(csv), formula, str(args.mixedlm_max)],
+                None,
+                args.timeout,
+                "mixedlm",
+            )
         if tools["lme4"]:
             print(f"  ({name}) lme4 loop over {n} ...", flush=True)
             r["lme4"] = run_child(["Rscript", "-e", MANY_R, str(csv), formula], None, args.timeout, "lme4")
@@ -381,23 +433,30 @@ def bench_many(args, tmp: Path, tools: dict) -> dict:
             if r.get(tool, {}).get("loop_s"):
                 rates[f"{tool} loop ({r[tool]['fits']})"] = (r[tool]["fits"] / r[tool]["loop_s"], None)
         base = next((v[0] for k, v in rates.items() if k.startswith("lme4")), None)
-        print(f"\n  ({name}) {'':26s} {'fits/s':>10s} {'vs lme4':>9s} {'failed':>7s}   (bar >= {bar:,} fits/s "
-              "on the 2nd call)")
+        print(
+            f"\n  ({name}) {'':26s} {'fits/s':>10s} {'vs lme4':>9s} {'failed':>7s}   (bar >= {bar:,} fits/s "
+            "on the 2nd call)"
+        )
         for k, (rate, failed) in rates.items():
             print(f"  ({name}) {k:26s} {rate:10,.0f} {ratio(rate, base):>9s} {'' if failed is None else failed:>7}")
         if j.get("by", 0) is None:
             print(f"  ({name}) note: fit_batch has no by= here; that row is skipped")
         if "counts" in j:
-            print(f"  ({name}) jaxlmm executables: {j['counts']['executables']} ({j['counts']['compiled']} compiled, "
-                  f"{j['counts']['compile_s']:.1f} s)")
+            print(
+                f"  ({name}) jaxlmm executables: {j['counts']['executables']} ({j['counts']['compiled']} compiled, "
+                f"{j['counts']['compile_s']:.1f} s)"
+            )
         r["rates_fits_per_s"] = {k: v[0] for k, v in rates.items()}
         res[name] = r
     return res
 
 
 def bench_first(args, tmp: Path) -> dict:
-    print(f"\n=== 4. first batched call: fit_batch(y ~ x + (1 + x | Group), seed, responses=Y) ML, 64 then "
-          f"{args.ncols} columns twice", flush=True)
+    print(
+        f"\n=== 4. first batched call: fit_batch(y ~ x + (1 + x | Group), seed, responses=Y) ML, 64 then "
+        f"{args.ncols} columns twice",
+        flush=True,
+    )
     env = fresh_cache(tmp)
     res = {}
     for key in ("empty cache", "warm cache"):
@@ -405,10 +464,12 @@ def bench_first(args, tmp: Path) -> dict:
         res[key] = run_child([sys.executable, "-c", FIRST_JAXLMM, str(args.ncols)], env, args.timeout, key)
     for key, r in res.items():
         if "first_s" in r:
-            print(f"  {key:12s} lmer {r['lmer_s']:6.2f} s  64 cols {r['cols64_s']:6.2f} s  {args.ncols} cols first "
-                  f"{r['first_s']:6.2f} s, repeated {r['repeated_s']:6.2f} s: first/repeated "
-                  f"{r['first_s'] / r['repeated_s']:5.2f}x (bar <= 1.3x)  failed {r['repeated_n_failed']}  "
-                  f"executables {r['executables']} ({r['compiled']} compiled)")
+            print(
+                f"  {key:12s} lmer {r['lmer_s']:6.2f} s  64 cols {r['cols64_s']:6.2f} s  {args.ncols} cols first "
+                f"{r['first_s']:6.2f} s, repeated {r['repeated_s']:6.2f} s: first/repeated "
+                f"{r['first_s'] / r['repeated_s']:5.2f}x (bar <= 1.3x)  failed {r['repeated_n_failed']}  "
+                f"executables {r['executables']} ({r['compiled']} compiled)"
+            )
     return res
 
 
@@ -426,7 +487,9 @@ def bars(res: dict) -> list[tuple[str, str, str, bool | None]]:
             part = f", {el / cum[done - 1]:.1f}x" if el and cum and 0 < done <= len(cum) else ""
             out.append((f"shapes, {key} / lme4", f"died at {done}{part}", f"<= {limit}x", False))
         elif base:
-            out.append((f"shapes, {key} / lme4", f"{r['loop_s'] / base:.2f}x", f"<= {limit}x", r["loop_s"] / base <= limit))
+            out.append(
+                (f"shapes, {key} / lme4", f"{r['loop_s'] / base:.2f}x", f"<= {limit}x", r["loop_s"] / base <= limit)
+            )
     walk = res.get("walkthrough", {})
     for key, limit in (("cold", 6.0), ("warm", 2.5)):
         v = walk.get(key + "_median_s")
@@ -437,8 +500,14 @@ def bars(res: dict) -> list[tuple[str, str, str, bool | None]]:
         if j is not None:
             n = res["many"][name]["jaxlmm"].get("datasets")
             rate = n / j["second_s"] if j.get("second_s") else None
-            out.append((f"many {name}, fit_batch 2nd call", f"{rate:,.0f} fits/s" if rate else "failed",
-                        f">= {limit:,}", bool(rate and rate >= limit)))
+            out.append(
+                (
+                    f"many {name}, fit_batch 2nd call",
+                    f"{rate:,.0f} fits/s" if rate else "failed",
+                    f">= {limit:,}",
+                    bool(rate and rate >= limit),
+                )
+            )
     for key, r in res.get("first_call", {}).items():
         if "first_s" in r:
             q = r["first_s"] / r["repeated_s"]
@@ -490,8 +559,10 @@ def main() -> None:
     for name, value, bar, ok in results["bars"]:
         print(f"  {name:44s} {value:>14s}   bar {bar:12s} {'pass' if ok else 'FAIL' if ok is False else '-'}")
     results["loadavg"] = [load0, os.getloadavg()]
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average at start {load0[0]:.1f}, at end "
-          f"{os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs: other work on the machine slows every row)")
+    print(
+        f"\ntotal {time.perf_counter() - t0:.0f} s; load average at start {load0[0]:.1f}, at end "
+        f"{os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs: other work on the machine slows every row)"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -41,9 +41,16 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 20
     return fit_design(design, reml=bool(reml), control=Control(max_iter=int(max_iter)))
 
 
-def fit_batch(formula: str, data: pd.DataFrame | None = None, responses: np.ndarray | None = None,
-              datasets: list[pd.DataFrame] | None = None, reml: bool = True, chunk_size: int | None = None,
-              progress: bool | None = None, by: str | None = None) -> BatchFit:
+def fit_batch(
+    formula: str,
+    data: pd.DataFrame | None = None,
+    responses: np.ndarray | None = None,
+    datasets: list[pd.DataFrame] | None = None,
+    reml: bool = True,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+    by: str | None = None,
+) -> BatchFit:
     """Many fits of one formula in compiled, vmapped calls.
 
     * ``fit_batch(f, data, responses=Y)``: each column of ``Y`` (n, B) as the response, all sharing
@@ -67,5 +74,4 @@ def fit_batch(formula: str, data: pd.DataFrame | None = None, responses: np.ndar
         return fit_datasets(formula, datasets, reml=reml, chunk_size=chunk_size, progress=progress)
     if data is None:
         raise DataError("responses need the data they share (data=...)")
-    return fit_responses(lmer(formula, data, reml=reml), responses, reml=reml, chunk_size=chunk_size,
-                         progress=progress)
+    return fit_responses(lmer(formula, data, reml=reml), responses, reml=reml, chunk_size=chunk_size, progress=progress)

@@ -35,10 +35,18 @@ CP_AXES = CrossProducts(*(0 if f in Y_FIELDS else None for f in CrossProducts._f
 
 
 @partial(jax.jit, static_argnames=("structure", "cp_axes", "control"))
-def _bfgs_lanes(state: BFGSState, scale, cp: CrossProducts, structure: Structure, reml, cp_axes: CrossProducts,
-                control: BatchControl) -> tuple[BFGSState, jnp.ndarray]:
+def _bfgs_lanes(
+    state: BFGSState,
+    scale,
+    cp: CrossProducts,
+    structure: Structure,
+    reml,
+    cp_axes: CrossProducts,
+    control: BatchControl,
+) -> tuple[BFGSState, jnp.ndarray]:
     """``control.budget`` more BFGS steps in every lane, and whether each lane's gradient is small enough
     to count as converged."""
+
     def lane(s, sc, c):
         value_and_grad = jax.value_and_grad(lambda u: profiled_deviance(u, c, structure, reml))
         s = bfgs_steps(value_and_grad, s, control.budget, sc, control.gtol)
@@ -56,6 +64,7 @@ def start_inverse_hessian(problem: Problem, theta: np.ndarray, reml: bool) -> np
 @partial(jax.jit, static_argnames=("structure", "cp_axes"))
 def _estimates_lanes(theta, cp: CrossProducts, structure: Structure, reml, cp_axes: CrossProducts):
     """Canonical theta, β̂ and σ̂ per lane at the final theta."""
+
     def one(t, c):
         fac = factorize(t, c, structure)
         return canonical_theta(t, structure), beta_hat(fac), sigma_hat(fac, c, reml)
@@ -66,6 +75,7 @@ def _estimates_lanes(theta, cp: CrossProducts, structure: Structure, reml, cp_ax
 @partial(jax.jit, static_argnames=("structure",))
 def hessian_lanes(theta, cp: CrossProducts, structure: Structure, reml):
     """The exact Hessian per lane (every cross-product batched): BFGS's start for data-set batches."""
+
     def one(t, c):
         return jax.hessian(profiled_deviance)(t, c, structure, reml)
 
@@ -111,9 +121,18 @@ def lane_placement(cp_axes: CrossProducts):
     return place
 
 
-def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.ndarray, structure: Structure,
-              reml: bool, cp_axes: CrossProducts, chunk_size: int | None = None, progress: bool | None = None,
-              control: BatchControl | None = None):
+def run_lanes(
+    lane_cp,
+    theta: np.ndarray,
+    inv_hessian: np.ndarray,
+    scale: np.ndarray,
+    structure: Structure,
+    reml: bool,
+    cp_axes: CrossProducts,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+    control: BatchControl | None = None,
+):
     """Run BFGS lanes to completion; ``lane_cp(indices)`` gives the cross-products of those lanes.
 
     Lanes are scheduled in calls of ``chunk_size`` lanes whatever B is (one compiled shape;
@@ -129,9 +148,16 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
     control = control or BatchControl()
     B = theta.shape[0]
     place = lane_placement(cp_axes)
-    state = BFGSState(theta=theta.copy(), f=np.full(B, np.inf), g=np.zeros_like(theta),  # f = inf: not evaluated
-                      inv_hessian=inv_hessian.copy(), step_length=np.ones(B), steps=np.zeros(B, dtype=np.int32),
-                      fresh=np.zeros(B, dtype=bool), done=np.zeros(B, dtype=bool))
+    state = BFGSState(
+        theta=theta.copy(),
+        f=np.full(B, np.inf),
+        g=np.zeros_like(theta),  # f = inf: not evaluated
+        inv_hessian=inv_hessian.copy(),
+        step_length=np.ones(B),
+        steps=np.zeros(B, dtype=np.int32),
+        fresh=np.zeros(B, dtype=bool),
+        done=np.zeros(B, dtype=bool),
+    )
     ok = np.zeros(B, dtype=bool)
     n_dev = jax.local_device_count()
     if chunk_size is None:
@@ -162,8 +188,9 @@ def run_lanes(lane_cp, theta: np.ndarray, inv_hessian: np.ndarray, scale: np.nda
         lanes = np.arange(first, min(first + size, B))
         padded = pad(lanes)
         (th0,), cp = place((theta[padded],), lane_cp(padded))
-        th, be, si = (np.asarray(a)[: lanes.size] for a in jax.device_get(
-            _estimates_lanes(th0, cp, structure, reml, cp_axes)))
+        th, be, si = (
+            np.asarray(a)[: lanes.size] for a in jax.device_get(_estimates_lanes(th0, cp, structure, reml, cp_axes))
+        )
         beta = np.zeros((B, be.shape[1])) if beta is None else beta
         theta[lanes], beta[lanes], sigma[lanes] = th, be, si
     crit = np.where(np.isfinite(state.f), state.f, np.nan)
@@ -202,16 +229,28 @@ class BatchFit:
 
     def gathered(self) -> BatchFit:
         """The fits of every process under ``jax.distributed`` (this one alone otherwise)."""
-        return BatchFit(gather(self.theta), gather(self.beta), gather(self.sigma), gather(self.criterion),
-                        gather(self.converged), gather(self.iterations), self.fixef_names, self.reml)
+        return BatchFit(
+            gather(self.theta),
+            gather(self.beta),
+            gather(self.sigma),
+            gather(self.criterion),
+            gather(self.converged),
+            gather(self.iterations),
+            self.fixef_names,
+            self.reml,
+        )
 
     def to_frame(self) -> pd.DataFrame:
         """Long tidy table: replicate, term, estimate (fixed effects, theta, sigma, logLik, converged)."""
         B = self.beta.shape[0]
-        frames = [pd.DataFrame({"replicate": np.arange(B), "term": name, "estimate": self.beta[:, j]})
-                  for j, name in enumerate(self.fixef_names)]
-        frames += [pd.DataFrame({"replicate": np.arange(B), "term": f"theta{j + 1}", "estimate": self.theta[:, j]})
-                   for j in range(self.theta.shape[1])]
+        frames = [
+            pd.DataFrame({"replicate": np.arange(B), "term": name, "estimate": self.beta[:, j]})
+            for j, name in enumerate(self.fixef_names)
+        ]
+        frames += [
+            pd.DataFrame({"replicate": np.arange(B), "term": f"theta{j + 1}", "estimate": self.theta[:, j]})
+            for j in range(self.theta.shape[1])
+        ]
         frames.append(pd.DataFrame({"replicate": np.arange(B), "term": "sigma", "estimate": self.sigma}))
         frames.append(pd.DataFrame({"replicate": np.arange(B), "term": "logLik", "estimate": self.loglik}))
         out = pd.concat(frames, ignore_index=True).sort_values(["replicate"], kind="stable").reset_index(drop=True)
@@ -219,8 +258,9 @@ class BatchFit:
         return out
 
 
-def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: int | None = None,
-                  progress: bool | None = None) -> BatchFit:
+def fit_responses(
+    model, Y: np.ndarray, reml: bool | None = None, chunk_size: int | None = None, progress: bool | None = None
+) -> BatchFit:
     """Fit ``model``'s formula to each column of ``Y`` (n, B), warm-started at the model's theta."""
     d = model.design
     Y = np.asarray(Y)
@@ -238,12 +278,19 @@ def fit_responses(model, Y: np.ndarray, reml: bool | None = None, chunk_size: in
     if not np.all(np.isfinite(Y)):
         raise DataError("responses contain missing or infinite values")
     products = dict(zip(Y_FIELDS, response_products(Y, d.X, d.codes, d.Z, d.structure)))
-    return fit_products(model.problem, model.theta, products, model.reml if reml is None else reml, chunk_size,
-                        progress)
+    return fit_products(
+        model.problem, model.theta, products, model.reml if reml is None else reml, chunk_size, progress
+    )
 
 
-def fit_products(problem: Problem, theta: np.ndarray, products: dict[str, np.ndarray], reml: bool,
-                 chunk_size: int | None = None, progress: bool | None = None) -> BatchFit:
+def fit_products(
+    problem: Problem,
+    theta: np.ndarray,
+    products: dict[str, np.ndarray],
+    reml: bool,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+) -> BatchFit:
     """Fit B responses of ``problem``'s design given by their cross-products with it (``Y_FIELDS``, batch
     axis first), each lane warm-started at ``theta`` with the criterion's Hessian there."""
     d = problem.design
@@ -256,8 +303,16 @@ def fit_products(problem: Problem, theta: np.ndarray, products: dict[str, np.nda
         return problem.cp._replace(**{k: jnp.asarray(v[lanes]) for k, v in products.items()})
 
     theta, beta, sigma, crit, ok, steps = run_lanes(
-        lane_cp, np.tile(start, (B, 1)), np.tile(start_inverse_hessian(problem, start, reml), (B, 1, 1)),
-        np.tile(scale, (B, 1)), problem.structure, reml, CP_AXES, chunk_size, progress=progress)
+        lane_cp,
+        np.tile(start, (B, 1)),
+        np.tile(start_inverse_hessian(problem, start, reml), (B, 1, 1)),
+        np.tile(scale, (B, 1)),
+        problem.structure,
+        reml,
+        CP_AXES,
+        chunk_size,
+        progress=progress,
+    )
     return BatchFit(theta, beta[:, : d.p], sigma, crit, ok, steps, list(d.fixef_names), reml)
 
 

@@ -29,12 +29,16 @@ def simulate_blocks(design: Design, params: Params, nsim: int, seed: int | None 
     random stream."""
     rng = np.random.default_rng(seed)
     mean = design.X @ params.beta
-    Zs = [(sparse_Z(codes, Z, b.n_levels), b.lambda_of(params.theta), b)
-          for b, Z, codes in zip(design.structure.blocks, design.Z, design.codes)]
+    Zs = [
+        (sparse_Z(codes, Z, b.n_levels), b.lambda_of(params.theta), b)
+        for b, Z, codes in zip(design.structure.blocks, design.Z, design.codes)
+    ]
     for first in range(0, nsim, SIMULATION_BLOCK):
         size = min(SIMULATION_BLOCK, nsim - first)
-        effects = [(params.sigma * rng.standard_normal((size, b.n_levels, b.q)) @ Lam.T).reshape(size, -1).T
-                   for _, Lam, b in Zs]  # level-major columns; drawn before the residuals
+        effects = [
+            (params.sigma * rng.standard_normal((size, b.n_levels, b.q)) @ Lam.T).reshape(size, -1).T
+            for _, Lam, b in Zs
+        ]  # level-major columns; drawn before the residuals
         Y = rng.standard_normal((design.n, size))  # built in place: σε + Xβ + Σ Z_k b_k
         Y *= params.sigma
         Y += mean[:, None]
@@ -49,8 +53,9 @@ def simulate(design: Design, params: Params, nsim: int = 1, seed: int | None = N
     return np.hstack(list(simulate_blocks(design, params, nsim, seed)))
 
 
-def simulated_products(designs: list[Design], params: Params, nsim: int, seed: int | None = None,
-                       simulation: str = "plain") -> list[dict[str, np.ndarray]]:
+def simulated_products(
+    designs: list[Design], params: Params, nsim: int, seed: int | None = None, simulation: str = "plain"
+) -> list[dict[str, np.ndarray]]:
     """For each design in ``designs``, the y-dependent cross-products of ``nsim`` responses simulated from
     the first design with ``params``, in blocks, so that Y is never held whole (a million fits fit in
     memory).  Under ``jax.distributed``, only this process's share (:mod:`jaxlmm.hosts`).
@@ -71,8 +76,9 @@ def simulated_products(designs: list[Design], params: Params, nsim: int, seed: i
     return [{k: np.concatenate([p[j] for p in part]) for j, k in enumerate(Y_FIELDS)} for part in parts]
 
 
-def direct_products(designs: list[Design], params: Params, nsim: int, seed: int | None = None
-                    ) -> list[dict[str, np.ndarray]]:
+def direct_products(
+    designs: list[Design], params: Params, nsim: int, seed: int | None = None
+) -> list[dict[str, np.ndarray]]:
     """The products ``Kᵀy*`` and ``y*ᵀy*`` of simulated responses, drawn without forming y*.
 
     With ``K = [Z X]`` of all the designs (n × m), ``y* = Kc + σε`` where ``c`` stacks the generating
@@ -103,16 +109,19 @@ def direct_products(designs: list[Design], params: Params, nsim: int, seed: int 
         for j, b in enumerate(d0.structure.blocks):  # the generating design's pieces come first
             u = rng.standard_normal((size, b.n_levels, b.q))
             Lam = b.lambda_of(params.theta)
-            c[bounds[j]:bounds[j + 1]] = (params.sigma * u @ Lam.T).reshape(size, -1).T
+            c[bounds[j] : bounds[j + 1]] = (params.sigma * u @ Lam.T).reshape(size, -1).T
         x_piece = len(d0.structure.blocks)
-        c[bounds[x_piece]:bounds[x_piece + 1]] = np.asarray(params.beta)[:, None]
+        c[bounds[x_piece] : bounds[x_piece + 1]] = np.asarray(params.beta)[:, None]
         z = rng.standard_normal((rank, size))
         chi2 = rng.chisquare(n - rank, size) if n > rank else np.zeros(size)
         Rz = R @ z
         Cc = C @ c
         Kty = Cc + params.sigma * Rz
-        yty = np.einsum("ib,ib->b", c, Cc) + 2 * params.sigma * np.einsum("ib,ib->b", c, Rz) \
+        yty = (
+            np.einsum("ib,ib->b", c, Cc)
+            + 2 * params.sigma * np.einsum("ib,ib->b", c, Rz)
             + params.sigma**2 * (np.einsum("ib,ib->b", z, z) + chi2)
+        )
         for k, d in enumerate(designs):
             rows = [Kty[lo:hi].T for o, lo, hi in zip(owner, bounds[:-1], bounds[1:]) if o == k]
             b1 = d.structure.blocks[0]
@@ -123,8 +132,15 @@ def direct_products(designs: list[Design], params: Params, nsim: int, seed: int 
     return [{f: np.concatenate(v) for f, v in part.items()} for part in parts]
 
 
-def bootstrap(problem: Problem, params: Params, reml: bool, nsim: int = 1000, seed: int | None = None,
-              progress: bool | None = None, simulation: str = "plain") -> BatchFit:
+def bootstrap(
+    problem: Problem,
+    params: Params,
+    reml: bool,
+    nsim: int = 1000,
+    seed: int | None = None,
+    progress: bool | None = None,
+    simulation: str = "plain",
+) -> BatchFit:
     """Parametric bootstrap (``bootMer``; MixedModels.jl's ``parametricbootstrap(rng, n, m; β, σ, θ)``): the
     model refitted to ``nsim`` responses simulated with ``params``, warm-started there."""
     (products,) = simulated_products([problem.design], params, nsim, seed, simulation)
@@ -140,15 +156,18 @@ def bootstrap_table(model, fits: BatchFit) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def confint(model, method: str = "wald", level: float = 0.95, nsim: int = 1000, seed: int | None = None) -> pd.DataFrame:
+def confint(
+    model, method: str = "wald", level: float = 0.95, nsim: int = 1000, seed: int | None = None
+) -> pd.DataFrame:
     """Confidence intervals: ``"wald"`` for fixed effects, ``"boot"`` percentile intervals for all parameters."""
     alpha = (1 - level) / 2
     if method == "wald":
         z = scipy.special.ndtri(1 - alpha)
         se = np.sqrt(np.diag(model.vcov.values))
         est = model.fixef.values
-        return pd.DataFrame({f"{100 * alpha:.1f} %": est - z * se, f"{100 * (1 - alpha):.1f} %": est + z * se},
-                            index=model.fixef.index)
+        return pd.DataFrame(
+            {f"{100 * alpha:.1f} %": est - z * se, f"{100 * (1 - alpha):.1f} %": est + z * se}, index=model.fixef.index
+        )
     if method == "boot":
         fits = bootstrap(model.problem, model.params, model.reml, nsim, seed)
         table = bootstrap_table(model, fits)[fits.converged]

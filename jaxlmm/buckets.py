@@ -120,16 +120,37 @@ class StackedDesigns:
         s = slice(self.level_start[k], self.level_start[k + 1])
         p = self.AXX.shape[-1]
         i32, f64 = np.zeros(0, dtype=np.int32), np.zeros(0)
-        return CrossProducts(self.A11[s], self.A1X[s], self.A1y[s], self.AXX[k], self.AXy[k], np.asarray(self.yy[k]),
-                             np.zeros((0, 0)), np.zeros((0, p)), f64, i32, i32, f64, i32, i32, f64,
-                             np.asarray(float(self.n_obs[k])), np.asarray(float(p)))
+        return CrossProducts(
+            self.A11[s],
+            self.A1X[s],
+            self.A1y[s],
+            self.AXX[k],
+            self.AXy[k],
+            np.asarray(self.yy[k]),
+            np.zeros((0, 0)),
+            np.zeros((0, p)),
+            f64,
+            i32,
+            i32,
+            f64,
+            i32,
+            i32,
+            f64,
+            np.asarray(float(self.n_obs[k])),
+            np.asarray(float(p)),
+        )
 
 
 # --------------------------------------------------------------------------- entry points
 
 
-def fit_datasets(formula: str, datasets: list[pd.DataFrame], reml: bool = True, chunk_size: int | None = None,
-                 progress: bool | None = None) -> DatasetFit:
+def fit_datasets(
+    formula: str,
+    datasets: list[pd.DataFrame],
+    reml: bool = True,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+) -> DatasetFit:
     """Fit ``formula`` to each data set of the list; results in input order (replicate = position)."""
     if isinstance(datasets, pd.DataFrame) or not isinstance(datasets, (list, tuple)):
         raise DataError("datasets must be a list of DataFrames (for one long frame use fit_batch(f, data, by=...))")
@@ -157,12 +178,19 @@ def fit_datasets(formula: str, datasets: list[pd.DataFrame], reml: bool = True, 
             stacked = stack_designs(parsed, long, ids, len(datasets), "data set {}".format)
             if stacked is not None:
                 return _finish(fit_stacked(stacked, reml, chunk_size, progress), stacked, labels, None)
-    return _fit_frames(parsed, list(datasets), [f"data set {k}" for k in labels], labels, None, reml, chunk_size,
-                       progress)
+    return _fit_frames(
+        parsed, list(datasets), [f"data set {k}" for k in labels], labels, None, reml, chunk_size, progress
+    )
 
 
-def fit_by(formula: str, data: pd.DataFrame, by: str, reml: bool = True, chunk_size: int | None = None,
-           progress: bool | None = None) -> DatasetFit:
+def fit_by(
+    formula: str,
+    data: pd.DataFrame,
+    by: str,
+    reml: bool = True,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+) -> DatasetFit:
     """Fit ``formula`` to each data set of one long frame, ``data[by]`` naming the data set.
 
     Results are in the order of the data sets' first appearance in ``data``; ``labels`` holds their
@@ -216,13 +244,20 @@ def _same_dtypes(parsed: Formula, long: pd.DataFrame, first: pd.DataFrame) -> bo
 
 def _vectorisable(parsed: Formula) -> bool:
     """One grouping factor and only elementwise functions: the long frame's designs are the data sets'."""
-    return (len({r.group_name for r in parsed.random}) == 1
-            and not any(f in v for v in parsed.variables for f in NOT_ELEMENTWISE))
+    return len({r.group_name for r in parsed.random}) == 1 and not any(
+        f in v for v in parsed.variables for f in NOT_ELEMENTWISE
+    )
 
 
 def _finish(fit: BatchFit, stacked: StackedDesigns, labels: np.ndarray, by: str | None) -> DatasetFit:
-    return DatasetFit(*(getattr(fit, f) for f in BatchFit.__dataclass_fields__), labels=labels, n_obs=stacked.n_obs,
-                      n_dropped=stacked.n_dropped, n_levels=stacked.n_levels, by=by)
+    return DatasetFit(
+        *(getattr(fit, f) for f in BatchFit.__dataclass_fields__),
+        labels=labels,
+        n_obs=stacked.n_obs,
+        n_dropped=stacked.n_dropped,
+        n_levels=stacked.n_levels,
+        by=by,
+    )
 
 
 # --------------------------------------------------------------------------- the vectorised front end
@@ -235,6 +270,7 @@ def stack_designs(parsed: Formula, long: pd.DataFrame, ids: np.ndarray, B: int, 
     Returns None where a data set's own design could differ from its rows of the long frame's (a
     rank-deficient X, a factor level absent from a data set): the per-data-set path handles those.
     """
+
     def fail(k, message):
         raise DataError(f"{name(int(k))}: {message}")
 
@@ -262,8 +298,11 @@ def stack_designs(parsed: Formula, long: pd.DataFrame, ids: np.ndarray, B: int, 
         rows_k = ids == k
         empty = [v for v, m in missing.items() if m[rows_k].all()]
         if empty:
-            fail(k, f"no complete rows: {', '.join(map(repr, empty))} {'is' if len(empty) == 1 else 'are'} "
-                    "missing (NaN/None) in every row")
+            fail(
+                k,
+                f"no complete rows: {', '.join(map(repr, empty))} {'is' if len(empty) == 1 else 'are'} "
+                "missing (NaN/None) in every row",
+            )
         fail(k, "no complete rows: every row has a missing value in a used column")
     if incomplete.any():
         raw = {v: values[complete] for v, values in raw.items()}
@@ -323,8 +362,9 @@ def stack_designs(parsed: Formula, long: pd.DataFrame, ids: np.ndarray, B: int, 
         i, j = min(i, j), max(i, j)
         if (i, j) not in memo:
             a, b = columns[i], columns[j]
-            memo[i, j] = (counts if ones[i] and ones[j] else np.add.reduceat(
-                b if ones[i] else a if ones[j] else a * b, seg_start))
+            memo[i, j] = (
+                counts if ones[i] and ones[j] else np.add.reduceat(b if ones[i] else a if ones[j] else a * b, seg_start)
+            )
         return memo[i, j]
 
     def set_sums(v: np.ndarray) -> np.ndarray:
@@ -369,21 +409,47 @@ def stack_designs(parsed: Formula, long: pd.DataFrame, ids: np.ndarray, B: int, 
         exact[k] = p and np.linalg.norm(yk - Xk @ np.linalg.lstsq(Xk, yk, rcond=None)[0]) <= 1e-10 * np.linalg.norm(yk)
     g = parsed.random[0].group_name
     checks = [
-        (constant, lambda k: f"the response {resp!r} is constant (= {ymax[k]:g} in all {n_obs[k]} complete rows): "
-                             "there is nothing to model"),
-        (n_obs <= p, lambda k: f"{p} fixed-effect coefficients ({', '.join(names[:5])}{', ...' if p > 5 else ''}) "
-                               f"for {n_obs[k]} observations: no residual is left"),
-        (exact, lambda k: f"the response {resp!r} is an exact linear function of the fixed effects "
-                          f"({', '.join(names)}): the residual variance is 0"),
+        (
+            constant,
+            lambda k: (
+                f"the response {resp!r} is constant (= {ymax[k]:g} in all {n_obs[k]} complete rows): "
+                "there is nothing to model"
+            ),
+        ),
+        (
+            n_obs <= p,
+            lambda k: (
+                f"{p} fixed-effect coefficients ({', '.join(names[:5])}{', ...' if p > 5 else ''}) "
+                f"for {n_obs[k]} observations: no residual is left"
+            ),
+        ),
+        (
+            exact,
+            lambda k: (
+                f"the response {resp!r} is an exact linear function of the fixed effects "
+                f"({', '.join(names)}): the residual variance is 0"
+            ),
+        ),
         (n_levels < 2, lambda k: f"grouping factor {g!r} has only one level; a random effect needs at least 2"),
-        (n_levels >= n_obs, lambda k: f"grouping factor {g!r} has {n_levels[k]} levels for {n_obs[k]} observations: "
-                                      "the number of levels of each grouping factor must be < number of observations"),
+        (
+            n_levels >= n_obs,
+            lambda k: (
+                f"grouping factor {g!r} has {n_levels[k]} levels for {n_obs[k]} observations: "
+                "the number of levels of each grouping factor must be < number of observations"
+            ),
+        ),
     ]
     for _, cols in bar_Z:
         label = f"({' + '.join(cols)} | {g})"
-        checks.append((len(cols) * n_levels >= n_obs, lambda k, cols=cols, label=label: (
-            f"number of observations (={n_obs[k]}) <= number of random effects (={len(cols) * n_levels[k]}) for "
-            f"term {label}; the random-effects parameters and the residual variance are probably unidentifiable")))
+        checks.append(
+            (
+                len(cols) * n_levels >= n_obs,
+                lambda k, cols=cols, label=label: (
+                    f"number of observations (={n_obs[k]}) <= number of random effects (={len(cols) * n_levels[k]}) for "
+                    f"term {label}; the random-effects parameters and the residual variance are probably unidentifiable"
+                ),
+            )
+        )
     failed = np.stack([mask for mask, _ in checks])
     if failed.any():
         k = int(np.argmax(failed.any(axis=0)))
@@ -399,14 +465,30 @@ def stack_designs(parsed: Formula, long: pd.DataFrame, ids: np.ndarray, B: int, 
                 t += 1
         start += len(cols)
     row_of_theta = np.array([i for i in range(q) for j in range(q) if theta_index[i][j] >= 0])
-    row_of_theta = row_of_theta[np.argsort([theta_index[i][j] for i in range(q) for j in range(q)
-                                            if theta_index[i][j] >= 0])]
+    row_of_theta = row_of_theta[
+        np.argsort([theta_index[i][j] for i in range(q) for j in range(q) if theta_index[i][j] >= 0])
+    ]
     # model.theta_scale per data set: 1 / root mean square of each Z column
     ms = np.add.reduceat(np.diagonal(A11, axis1=1, axis2=2), level_start[:-1], axis=0) / n_obs[:, None]
     with np.errstate(divide="ignore"):
         scale = np.where(ms > 0, 1.0 / np.sqrt(ms), 1.0)[:, row_of_theta]
-    return StackedDesigns(list(names), q, tuple(map(tuple, theta_index)), t, n_obs, n_rows - n_obs, n_levels,
-                          level_start, A11, A1X, A1y, AXX, AXy, yy, scale)
+    return StackedDesigns(
+        list(names),
+        q,
+        tuple(map(tuple, theta_index)),
+        t,
+        n_obs,
+        n_rows - n_obs,
+        n_levels,
+        level_start,
+        A11,
+        A1X,
+        A1y,
+        AXX,
+        AXy,
+        yy,
+        scale,
+    )
 
 
 def _numeric_checks(v: str, values: pd.Series, ids: np.ndarray, fail) -> None:
@@ -452,7 +534,7 @@ def _residual_ratios(M: np.ndarray) -> np.ndarray:
             ratio[:, j] = np.where(diag[:, j] > 0, d / diag[:, j], 0.0)
         keep = ratio[:, j] > RANK_TOL**2
         inv = np.where(keep, 1.0 / np.where(keep, d, 1.0), 0.0)
-        A[:, j + 1:, j + 1:] -= A[:, j + 1:, j, None] * A[:, None, j, j + 1:] * inv[:, None, None]
+        A[:, j + 1 :, j + 1 :] -= A[:, j + 1 :, j, None] * A[:, None, j, j + 1 :] * inv[:, None, None]
     return ratio
 
 
@@ -475,14 +557,16 @@ def merged_buckets(sizes: np.ndarray) -> np.ndarray:
     return merged
 
 
-def fit_stacked(stacked: StackedDesigns, reml: bool, chunk_size: int | None = None,
-                progress: bool | None = None) -> BatchFit:
+def fit_stacked(
+    stacked: StackedDesigns, reml: bool, chunk_size: int | None = None, progress: bool | None = None
+) -> BatchFit:
     """Fit every data set of ``stacked``: the stacked arrays of each bucket of level counts built at once
     (each data set's levels first, then empty ones), one ``run_lanes`` per bucket (see :func:`_fit_bucket`)."""
     B, p, q = stacked.AXX.shape[0], stacked.AXX.shape[-1], stacked.q
     sizes = np.unique(stacked.n_levels)
-    targets = {int(G): padded_structure(Structure((ReBlock(int(G), q, stacked.theta_index),), stacked.n_theta))
-               for G in sizes}  # over distinct sizes only
+    targets = {
+        int(G): padded_structure(Structure((ReBlock(int(G), q, stacked.theta_index),), stacked.n_theta)) for G in sizes
+    }  # over distinct sizes only
     padded_sizes = merged_buckets(np.array([targets[int(G)].blocks[0].n_levels for G in sizes]))
     target_G = padded_sizes[np.searchsorted(sizes, stacked.n_levels)]
     seg_ds = np.repeat(np.arange(B), stacked.n_levels)
@@ -509,10 +593,25 @@ def fit_stacked(stacked: StackedDesigns, reml: bool, chunk_size: int | None = No
         A1y = np.zeros((m, G, q))
         A11[at], A1X[at + (slice(None), slice(0, p))], A1y[at] = stacked.A11[segs], stacked.A1X[segs], stacked.A1y[segs]
         i32, f64 = np.zeros((m, nnz), dtype=np.int32), np.zeros((m, nnz))
-        cp = CrossProducts(A11, A1X, A1y, AXX[members], AXy[members], stacked.yy[members],
-                           np.zeros((m, 0, 0)), np.zeros((m, 0, pp)), np.zeros((m, 0)), i32, i32, f64,
-                           np.zeros((m, npairs), dtype=np.int32), np.zeros((m, npairs), dtype=np.int32),
-                           np.zeros((m, npairs)), stacked.n_obs[members].astype(float), np.full(m, float(p)))
+        cp = CrossProducts(
+            A11,
+            A1X,
+            A1y,
+            AXX[members],
+            AXy[members],
+            stacked.yy[members],
+            np.zeros((m, 0, 0)),
+            np.zeros((m, 0, pp)),
+            np.zeros((m, 0)),
+            i32,
+            i32,
+            f64,
+            np.zeros((m, npairs), dtype=np.int32),
+            np.zeros((m, npairs), dtype=np.int32),
+            np.zeros((m, npairs)),
+            stacked.n_obs[members].astype(float),
+            np.full(m, float(p)),
+        )
         out = _fit_bucket(cp, stacked.scale[members], target, reml, chunk_size, progress)
         for arr, values in zip((theta, beta, sigma, crit, ok, steps), out):
             arr[members] = values
@@ -549,8 +648,9 @@ def start_lanes(theta, cp: CrossProducts, structure: Structure, reml):
     return jax.vmap(one)(theta, cp)
 
 
-def _fit_bucket(cp: CrossProducts, scale: np.ndarray, target: Structure, reml: bool, chunk_size: int | None,
-                progress: bool | None):
+def _fit_bucket(
+    cp: CrossProducts, scale: np.ndarray, target: Structure, reml: bool, chunk_size: int | None, progress: bool | None
+):
     """``run_lanes`` over one bucket's stacked cross-products (every field batched), each lane started at
     lme4's start times the data set's scale, rescaled by :func:`start_lanes`, with its exact Hessian's inverse."""
     bound_executables()
@@ -569,13 +669,22 @@ def _fit_bucket(cp: CrossProducts, scale: np.ndarray, target: Structure, reml: b
     def lane_cp(lanes):
         return CrossProducts(*(a[lanes] for a in cp))
 
-    theta, beta, sigma, crit, ok, steps = run_lanes(lane_cp, start, inv_hessian, scale, target, reml, ALL_BATCHED,
-                                                    chunk_size, progress=progress)
+    theta, beta, sigma, crit, ok, steps = run_lanes(
+        lane_cp, start, inv_hessian, scale, target, reml, ALL_BATCHED, chunk_size, progress=progress
+    )
     return theta, beta[:, : int(cp.p[0])], sigma, crit, ok, steps  # the real coefficients, not the inert ones
 
 
-def _fit_frames(parsed: Formula, frames: list[pd.DataFrame], names: list[str], labels: np.ndarray, by: str | None,
-                reml: bool, chunk_size: int | None, progress: bool | None) -> DatasetFit:
+def _fit_frames(
+    parsed: Formula,
+    frames: list[pd.DataFrame],
+    names: list[str],
+    labels: np.ndarray,
+    by: str | None,
+    reml: bool,
+    chunk_size: int | None,
+    progress: bool | None,
+) -> DatasetFit:
     """The per-data-set path: ``build_design`` and ``crossproducts`` for each data set, then shape buckets."""
     designs: list[Design] = []
     for k, data in enumerate(frames):
@@ -587,8 +696,9 @@ def _fit_frames(parsed: Formula, frames: list[pd.DataFrame], names: list[str], l
         if d.fixef_names != d0.fixef_names:
             raise DataError(f"{names[k]} has fixed effects {d.fixef_names}, {names[0]} has {d0.fixef_names}")
         if d.structure.n_theta != d0.structure.n_theta:
-            raise DataError(f"{names[k]} has {d.structure.n_theta} random-effects parameters, {names[0]} has "
-                            f"{d0.structure.n_theta}")
+            raise DataError(
+                f"{names[k]} has {d.structure.n_theta} random-effects parameters, {names[0]} has {d0.structure.n_theta}"
+            )
     groups: dict[tuple, list[int]] = {}
     padded = []
     for k, d in enumerate(designs):
@@ -599,12 +709,25 @@ def _fit_frames(parsed: Formula, frames: list[pd.DataFrame], names: list[str], l
     theta, beta, sigma = np.zeros((B, n_theta)), np.zeros((B, p)), np.zeros(B)
     crit, ok, steps = np.zeros(B), np.zeros(B, dtype=bool), np.zeros(B, dtype=np.int64)
     for (target, _, _), members in groups.items():
-        stacked = CrossProducts(*(np.stack([np.asarray(getattr(padded[k], f)) for k in members])
-                                  for f in CrossProducts._fields))
+        stacked = CrossProducts(
+            *(np.stack([np.asarray(getattr(padded[k], f)) for k in members]) for f in CrossProducts._fields)
+        )
         scale = np.stack([theta_scale(designs[k]) for k in members])
         out = _fit_bucket(stacked, scale, target, reml, chunk_size, progress)
         for arr, values in zip((theta, beta, sigma, crit, ok, steps), out):
             arr[members] = values
-    return DatasetFit(theta, beta, sigma, crit, ok, steps, list(designs[0].fixef_names), reml, labels=labels,
-                      n_obs=np.array([d.n for d in designs]), n_dropped=np.array([d.n_dropped for d in designs]),
-                      n_levels=np.array([d.structure.blocks[0].n_levels for d in designs]), by=by)
+    return DatasetFit(
+        theta,
+        beta,
+        sigma,
+        crit,
+        ok,
+        steps,
+        list(designs[0].fixef_names),
+        reml,
+        labels=labels,
+        n_obs=np.array([d.n for d in designs]),
+        n_dropped=np.array([d.n_dropped for d in designs]),
+        n_levels=np.array([d.structure.blocks[0].n_levels for d in designs]),
+        by=by,
+    )

@@ -101,10 +101,22 @@ def records(table: pd.DataFrame) -> list[dict]:
 def model_json(m: LinearMixedModel) -> dict:
     """The fitted model's numbers: what ``summary``, ``tidy``, ``VarCorr``, ``logLik`` etc. report in R."""
     return {
-        "formula": m.formula, "reml": m.reml, "nobs": m.nobs, "n_dropped": m.n_dropped, "ngroups": m.ngroups,
-        "fixef": m.fixef.to_dict(), "tidy": records(m.tidy()), "varcorr": records(m.varcorr),
-        "sigma": m.sigma, "theta": m.theta, "loglik": m.loglik, "aic": m.aic, "bic": m.bic,
-        "deviance": m.deviance, "reml_criterion": m.reml_criterion, "converged": m.converged,
+        "formula": m.formula,
+        "reml": m.reml,
+        "nobs": m.nobs,
+        "n_dropped": m.n_dropped,
+        "ngroups": m.ngroups,
+        "fixef": m.fixef.to_dict(),
+        "tidy": records(m.tidy()),
+        "varcorr": records(m.varcorr),
+        "sigma": m.sigma,
+        "theta": m.theta,
+        "loglik": m.loglik,
+        "aic": m.aic,
+        "bic": m.bic,
+        "deviance": m.deviance,
+        "reml_criterion": m.reml_criterion,
+        "converged": m.converged,
         "singular": m.singular,
     }
 
@@ -113,12 +125,14 @@ def pbtest_text(test: PBTest, large: str, small: str) -> str:
     """What pbkrtest's ``PBmodcomp`` prints: the samples used, the two models, the LRT and PBtest rows."""
     extremes = int(np.sum(test.reference >= test.lrt))
     used = test.reference.size
-    return "\n".join([
-        f"Bootstrap test; samples: {used} of {test.nsim} ({test.n_failed} failed); extremes: {extremes};",
-        f"large : {large}",
-        f"small : {small}",
-        test.table().to_string(),
-    ])
+    return "\n".join(
+        [
+            f"Bootstrap test; samples: {used} of {test.nsim} ({test.n_failed} failed); extremes: {extremes};",
+            f"large : {large}",
+            f"small : {small}",
+            test.table().to_string(),
+        ]
+    )
 
 
 def write_csv(table: pd.DataFrame, path: str) -> None:
@@ -162,8 +176,18 @@ def cmd_pbtest(args: argparse.Namespace) -> None:
     large, small = fit_models(read_data(args.data), [args.large, args.small], args.reml)
     test = pbtest(large, small, nsim=args.nsim, seed=args.seed, progress=args.progress)
     if args.json:
-        dump({"large": args.large, "small": args.small, "nsim": test.nsim, "n_failed": test.n_failed,
-              "lrt": test.lrt, "df": test.df, "p_chisq": test.p_chisq, "p_boot": test.p_boot})
+        dump(
+            {
+                "large": args.large,
+                "small": args.small,
+                "nsim": test.nsim,
+                "n_failed": test.n_failed,
+                "lrt": test.lrt,
+                "df": test.df,
+                "p_chisq": test.p_chisq,
+                "p_boot": test.p_boot,
+            }
+        )
     else:
         print(pbtest_text(test, args.large, args.small))
 
@@ -174,27 +198,40 @@ def json_argument(text: str, name: str) -> dict:
     except json.JSONDecodeError as exc:
         raise DataError(f"{name} is not valid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(value, dict):
-        raise DataError(f"{name} must be a JSON object such as {{\"x\": 0.5}}")
+        raise DataError(f'{name} must be a JSON object such as {{"x": 0.5}}')
     return value
 
 
 def cmd_power(args: argparse.Namespace) -> None:
     """simr's ``powerSim``: power of a test of ``--term`` for the specified model on DATA's design."""
-    result = power(args.formula, read_data(args.data), fixef=json_argument(args.fixef, "--fixef"),
-                   covariance=json_argument(args.covariance, "--covariance"), sigma=args.sigma, term=args.term,
-                   test=args.test, nsim=args.nsim, alpha=args.alpha, seed=args.seed, nboot=args.nboot,
-                   progress=args.progress)
+    result = power(
+        args.formula,
+        read_data(args.data),
+        fixef=json_argument(args.fixef, "--fixef"),
+        covariance=json_argument(args.covariance, "--covariance"),
+        sigma=args.sigma,
+        term=args.term,
+        test=args.test,
+        nsim=args.nsim,
+        alpha=args.alpha,
+        seed=args.seed,
+        nboot=args.nboot,
+        progress=args.progress,
+    )
     summary = {k: result[k] for k in ("power", "se", "n_valid", "n_failed")}
     if args.json:
         dump({"formula": args.formula, "term": args.term, "test": args.test, "alpha": args.alpha, **summary})
     else:
-        print(f"Power for {args.term!r} by {args.test} test at alpha {args.alpha:g}: {summary['power']:.4f} "
-              f"(SE {summary['se']:.4f}); {summary['n_valid']} of {args.nsim} simulations valid, "
-              f"{summary['n_failed']} failed")
+        print(
+            f"Power for {args.term!r} by {args.test} test at alpha {args.alpha:g}: {summary['power']:.4f} "
+            f"(SE {summary['se']:.4f}); {summary['n_valid']} of {args.nsim} simulations valid, "
+            f"{summary['n_failed']} failed"
+        )
 
 
 def at_least(minimum: int):
     """An argparse type: an integer >= ``minimum``."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -203,6 +240,7 @@ def at_least(minimum: int):
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
         return value
+
     return parse
 
 
@@ -216,38 +254,62 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _bootstrap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed of the simulations")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars (they show only when stderr is a terminal)")
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bars (they show only when stderr is a terminal)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="jaxlmm", description="Linear mixed models (lme4's lmer) in JAX.", epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="jaxlmm",
+        description="Linear mixed models (lme4's lmer) in JAX.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"jaxlmm {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,anova,pbtest,power}")
 
-    p = sub.add_parser("fit", help="fit one model and print lmerTest's summary",
-                       description="Fit an lme4 formula and print lmerTest's summary (or --json).")
+    p = sub.add_parser(
+        "fit",
+        help="fit one model and print lmerTest's summary",
+        description="Fit an lme4 formula and print lmerTest's summary (or --json).",
+    )
     _common(p)
     p.add_argument("formula", help='lme4 formula, e.g. "y ~ x + (1 | Group)"')
     p.add_argument("--coefs", metavar="OUT.csv", help="write the per-group coefficients to this CSV")
     p.set_defaults(run=cmd_fit)
 
-    p = sub.add_parser("anova", help="likelihood-ratio table of nested models (lme4's anova)",
-                       description="Fit each formula and print anova(m1, m2, ...); REML fits are refitted by ML.")
+    p = sub.add_parser(
+        "anova",
+        help="likelihood-ratio table of nested models (lme4's anova)",
+        description="Fit each formula and print anova(m1, m2, ...); REML fits are refitted by ML.",
+    )
     _common(p)
     p.add_argument("formulas", nargs="+", metavar="FORMULA", help="two or more lme4 formulas")
-    p.add_argument("--names", type=lambda text: text.split(","), metavar="N1,N2,...",
-                   help="comma-separated model names (default m1,m2,...)")
-    p.add_argument("--nsim", type=at_least(0), default=0,
-                   help="add a parametric-bootstrap Pr(boot) column from N simulations per pair")
+    p.add_argument(
+        "--names",
+        type=lambda text: text.split(","),
+        metavar="N1,N2,...",
+        help="comma-separated model names (default m1,m2,...)",
+    )
+    p.add_argument(
+        "--nsim",
+        type=at_least(0),
+        default=0,
+        help="add a parametric-bootstrap Pr(boot) column from N simulations per pair",
+    )
     _bootstrap_options(p)
     p.set_defaults(run=cmd_anova)
 
-    p = sub.add_parser("pbtest", help="parametric bootstrap LRT (pbkrtest's PBmodcomp)",
-                       description="Parametric bootstrap likelihood-ratio test of SMALL nested in LARGE.")
+    p = sub.add_parser(
+        "pbtest",
+        help="parametric bootstrap LRT (pbkrtest's PBmodcomp)",
+        description="Parametric bootstrap likelihood-ratio test of SMALL nested in LARGE.",
+    )
     _common(p)
     p.add_argument("large", help="the larger model's formula")
     p.add_argument("small", help="the smaller model's formula")
@@ -255,15 +317,24 @@ def build_parser() -> argparse.ArgumentParser:
     _bootstrap_options(p)
     p.set_defaults(run=cmd_pbtest)
 
-    p = sub.add_parser("power", help="power by simulation (simr's powerSim) for a specified model",
-                       description="Simulate from the specified model on DATA's design (its covariates and groups; "
-                                   "the response column is ignored) and report the power of a test of --term.")
+    p = sub.add_parser(
+        "power",
+        help="power by simulation (simr's powerSim) for a specified model",
+        description="Simulate from the specified model on DATA's design (its covariates and groups; "
+        "the response column is ignored) and report the power of a test of --term.",
+    )
     p.add_argument("data", help="a .csv, .tsv or .parquet file with the design's columns")
     p.add_argument("formula", help='lme4 formula, e.g. "y ~ x + (1 | Group)"')
     p.add_argument("--term", required=True, help="the fixed-effect term to test, e.g. x")
-    p.add_argument("--fixef", required=True, metavar="JSON", help='fixed effects, e.g. \'{"(Intercept)": 1, "x": 0.5}\'')
-    p.add_argument("--covariance", required=True, metavar="JSON",
-                   help='random-effects covariance per grouping factor, e.g. \'{"Group": [[0.3]]}\'')
+    p.add_argument(
+        "--fixef", required=True, metavar="JSON", help='fixed effects, e.g. \'{"(Intercept)": 1, "x": 0.5}\''
+    )
+    p.add_argument(
+        "--covariance",
+        required=True,
+        metavar="JSON",
+        help="random-effects covariance per grouping factor, e.g. '{\"Group\": [[0.3]]}'",
+    )
     p.add_argument("--sigma", type=float, required=True, help="residual standard deviation")
     p.add_argument("--test", choices=("lrt", "pb", "satterthwaite"), default="lrt", help="the test (default lrt)")
     p.add_argument("--nsim", type=at_least(1), default=1000, help="number of simulations (default 1000)")
@@ -309,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             if args.traceback:
                 raise
-            print(f"jaxlmm: internal error: {type(exc).__name__}: {error_line(exc)} "
-                  "(rerun as jaxlmm --traceback ... and report it)", file=sys.stderr)
+            print(
+                f"jaxlmm: internal error: {type(exc).__name__}: {error_line(exc)} "
+                "(rerun as jaxlmm --traceback ... and report it)",
+                file=sys.stderr,
+            )
             return 1
     return 0
 

@@ -28,8 +28,10 @@ def _check_models(models) -> None:
     """Every argument is a fitted model (lme4's anova dispatches on merMod objects only)."""
     for k, m in enumerate(models):
         if not isinstance(m, LinearMixedModel):
-            raise ModelComparisonError(f"argument {k + 1} is a {type(m).__name__}, not a fitted model from "
-                                       "jaxlmm.lmer: anova compares fitted models")
+            raise ModelComparisonError(
+                f"argument {k + 1} is a {type(m).__name__}, not a fitted model from "
+                "jaxlmm.lmer: anova compares fitted models"
+            )
 
 
 def same_observations(models) -> None:
@@ -53,8 +55,9 @@ def ml_versions(models) -> list:
     return [m.refit_ml() if m.reml else m for m in models]
 
 
-def anova(*models, names: list[str] | None = None, nsim: int = 0, seed: int | None = None,
-          progress: bool | None = None) -> pd.DataFrame:
+def anova(
+    *models, names: list[str] | None = None, nsim: int = 0, seed: int | None = None, progress: bool | None = None
+) -> pd.DataFrame:
     """lme4's table: npar, AIC, BIC, logLik, deviance, Chisq, Df, Pr(>Chisq); models ordered by npar.
 
     With ``nsim > 0`` a column ``Pr(boot)`` adds, for each model against the one above it, the
@@ -79,8 +82,16 @@ def anova(*models, names: list[str] | None = None, nsim: int = 0, seed: int | No
         p = np.where(df > 0, scipy.special.chdtrc(np.where(df > 0, df, 1), chisq), np.nan)
     p[0] = np.nan
     table = pd.DataFrame(
-        {"npar": npar.astype(int), "AIC": [m.aic for m in fits], "BIC": [m.bic for m in fits], "logLik": loglik,
-         "deviance": -2 * loglik, "Chisq": chisq, "Df": df, "Pr(>Chisq)": p},
+        {
+            "npar": npar.astype(int),
+            "AIC": [m.aic for m in fits],
+            "BIC": [m.bic for m in fits],
+            "logLik": loglik,
+            "deviance": -2 * loglik,
+            "Chisq": chisq,
+            "Df": df,
+            "Pr(>Chisq)": p,
+        },
         index=pd.Index([names[k] for k in order]),
     )
     if nsim > 0:
@@ -97,9 +108,18 @@ def bootstrap_p_value(reference: np.ndarray, observed) -> np.ndarray:
     return (1 + reference.size - np.searchsorted(reference, observed, side="left")) / (1 + reference.size)
 
 
-def simulated_lrt(small: Problem, small_theta: np.ndarray, large: Problem, large_theta: np.ndarray, params: Params,
-                  from_large: bool, nsim: int, seed: int | None = None, simulation: str = "plain",
-                  progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def simulated_lrt(
+    small: Problem,
+    small_theta: np.ndarray,
+    large: Problem,
+    large_theta: np.ndarray,
+    params: Params,
+    from_large: bool,
+    nsim: int,
+    seed: int | None = None,
+    simulation: str = "plain",
+    progress: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """``2(ℓ_large − ℓ_small)`` (clipped at 0) of both models refitted by ML, warm-started at the given θ, to
     ``nsim`` responses simulated with ``params`` from the large or the small design; and whether both fits
     of each replicate converged.  Under ``jax.distributed`` every process returns all replicates."""
@@ -124,12 +144,20 @@ class PBTest:
     nsim: int
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame({"stat": [self.lrt, self.lrt], "df": [self.df, np.nan],
-                             "p.value": [self.p_chisq, self.p_boot]}, index=["LRT", "PBtest"])
+        return pd.DataFrame(
+            {"stat": [self.lrt, self.lrt], "df": [self.df, np.nan], "p.value": [self.p_chisq, self.p_boot]},
+            index=["LRT", "PBtest"],
+        )
 
 
-def pbtest(large: LinearMixedModel, small: LinearMixedModel, nsim: int = 1000, seed: int | None = None,
-           progress: bool | None = None, simulation: str = "plain") -> PBTest:
+def pbtest(
+    large: LinearMixedModel,
+    small: LinearMixedModel,
+    nsim: int = 1000,
+    seed: int | None = None,
+    progress: bool | None = None,
+    simulation: str = "plain",
+) -> PBTest:
     """Parametric bootstrap LRT of ``small`` nested in ``large`` (pbkrtest's ``PBmodcomp``).
 
     ``simulation="direct"`` draws the simulated responses' cross-products directly (see
@@ -141,8 +169,25 @@ def pbtest(large: LinearMixedModel, small: LinearMixedModel, nsim: int = 1000, s
         raise ModelComparisonError("the first model must have more parameters than the second")
     lrt = max(0.0, 2 * (large_ml.loglik - small_ml.loglik))
     df = large_ml.npar - small_ml.npar
-    statistics, ok = simulated_lrt(small_ml.problem, small_ml.theta, large_ml.problem, large_ml.theta,
-                                   small_ml.params, False, nsim, seed, simulation, progress)
+    statistics, ok = simulated_lrt(
+        small_ml.problem,
+        small_ml.theta,
+        large_ml.problem,
+        large_ml.theta,
+        small_ml.params,
+        False,
+        nsim,
+        seed,
+        simulation,
+        progress,
+    )
     reference = statistics[ok]
-    return PBTest(lrt, df, float(scipy.special.chdtrc(df, lrt)), float(bootstrap_p_value(reference, lrt)),
-                  reference, int((~ok).sum()), nsim)
+    return PBTest(
+        lrt,
+        df,
+        float(scipy.special.chdtrc(df, lrt)),
+        float(bootstrap_p_value(reference, lrt)),
+        reference,
+        int((~ok).sum()),
+        nsim,
+    )

@@ -56,8 +56,9 @@ def sparse_Z(codes: np.ndarray, Z: np.ndarray, n_levels: int) -> sp.csr_matrix:
     return sp.csr_matrix((Z.ravel(), (rows, cols.ravel())), shape=(n, n_levels * q))
 
 
-def response_products(Y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], Z: list[np.ndarray],
-                      structure: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def response_products(
+    Y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], Z: list[np.ndarray], structure: Structure
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The y-dependent cross-products for responses ``Y`` (n, B), batch axis first:
     A1y (B, G, q), A2y (B, p₂), AXy (B, p), yy (B,)."""
     b1 = structure.blocks[0]
@@ -67,8 +68,9 @@ def response_products(Y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], Z: 
     return A1y, np.asarray(A2y), (X.T @ Y).T, np.einsum("ib,ib->b", Y, Y)
 
 
-def crossproducts(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], Z: list[np.ndarray],
-                  structure: Structure) -> CrossProducts:
+def crossproducts(
+    y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], Z: list[np.ndarray], structure: Structure
+) -> CrossProducts:
     """All blocks of A for one data set."""
     b1 = structure.blocks[0]
     G, q = b1.n_levels, b1.q
@@ -97,9 +99,14 @@ def crossproducts(y: np.ndarray, X: np.ndarray, codes: list[np.ndarray], Z: list
     # NumPy arrays: compiled functions take them as they are (one fit's few calls need no device copies)
     return CrossProducts(
         *(np.asarray(a, dtype=np.float64) for a in (A11, A1X, A1y, X.T @ X, AXy, yy, A22, A2X, A2y)),
-        row.astype(np.int32), col.astype(np.int32), np.asarray(val, dtype=np.float64),
-        pair_out.astype(np.int32), pair_w.astype(np.int32), np.asarray(pair_val, dtype=np.float64),
-        np.asarray(float(n)), np.asarray(float(p)),
+        row.astype(np.int32),
+        col.astype(np.int32),
+        np.asarray(val, dtype=np.float64),
+        pair_out.astype(np.int32),
+        pair_w.astype(np.int32),
+        np.asarray(pair_val, dtype=np.float64),
+        np.asarray(float(n)),
+        np.asarray(float(p)),
     )
 
 

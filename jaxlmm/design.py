@@ -111,10 +111,21 @@ class VariableSpec:
 
 
 _FUNCTIONS = {
-    "log": np.log, "log2": np.log2, "log10": np.log10, "log1p": np.log1p, "exp": np.exp,
-    "sqrt": np.sqrt, "abs": np.abs, "sin": np.sin, "cos": np.cos, "tan": np.tan,
-    "I": lambda v: v, "pi": np.pi, "as.numeric": lambda v: np.asarray(v, dtype=float),
-    "factor": lambda v: pd.Categorical(v), "as.factor": lambda v: pd.Categorical(v),
+    "log": np.log,
+    "log2": np.log2,
+    "log10": np.log10,
+    "log1p": np.log1p,
+    "exp": np.exp,
+    "sqrt": np.sqrt,
+    "abs": np.abs,
+    "sin": np.sin,
+    "cos": np.cos,
+    "tan": np.tan,
+    "I": lambda v: v,
+    "pi": np.pi,
+    "as.numeric": lambda v: np.asarray(v, dtype=float),
+    "factor": lambda v: pd.Categorical(v),
+    "as.factor": lambda v: pd.Categorical(v),
     "scale": lambda v: (v - np.mean(v)) / np.std(v, ddof=1),
 }
 
@@ -156,11 +167,13 @@ def evaluate(name: str, data: pd.DataFrame) -> pd.Series:
     if np.ndim(value) != 1 or len(value) != len(data):
         raise DataError(f"{name!r} does not evaluate to one value per row (shape {np.shape(value)}, {len(data)} rows)")
     out = pd.Series(value, index=data.index, name=name)
-    n_new = int(pd.isna(out).sum()) - max(
-        (int(pd.isna(data[c]).sum()) for c in data.columns if c in name), default=0)
+    n_new = int(pd.isna(out).sum()) - max((int(pd.isna(data[c]).sum()) for c in data.columns if c in name), default=0)
     if n_new > 0:  # R: "NaNs produced", then na.omit drops the rows
-        warnings.warn(f"{name!r} is NaN/missing in {n_new} rows (e.g. log of a negative number): "
-                      "those rows are dropped", UserWarning, stacklevel=4)
+        warnings.warn(
+            f"{name!r} is NaN/missing in {n_new} rows (e.g. log of a negative number): those rows are dropped",
+            UserWarning,
+            stacklevel=4,
+        )
     return out
 
 
@@ -334,8 +347,10 @@ def check_numeric(name: str, values: pd.Series) -> None:
     if not np.all(np.isfinite(arr)):
         raise DataError(f"column {name!r} has infinite values ({int(np.sum(~np.isfinite(arr)))} rows)")
     if arr.size and np.max(np.abs(arr)) > MAX_ABS:
-        raise DataError(f"column {name!r} has values too large for float64 arithmetic "
-                        f"(max |value| {np.max(np.abs(arr)):.3g}); rescale it")
+        raise DataError(
+            f"column {name!r} has values too large for float64 arithmetic "
+            f"(max |value| {np.max(np.abs(arr)):.3g}); rescale it"
+        )
 
 
 def _looks_numeric(values: pd.Series) -> bool:
@@ -354,10 +369,16 @@ def clean_column(name: str, values: pd.Series, role: str) -> pd.Series:
     """
     kind = f"the response {name!r}" if role == "response" else f"column {name!r}"
     dtype = values.dtype
-    if (pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype)
-            or isinstance(dtype, (pd.PeriodDtype, pd.IntervalDtype)) or pd.api.types.is_complex_dtype(dtype)):
-        raise DataError(f"{kind} has dtype {dtype}; jaxlmm uses real numbers and factors: convert it "
-                        "(dates, for example, to days since a start)")
+    if (
+        pd.api.types.is_datetime64_any_dtype(dtype)
+        or pd.api.types.is_timedelta64_dtype(dtype)
+        or isinstance(dtype, (pd.PeriodDtype, pd.IntervalDtype))
+        or pd.api.types.is_complex_dtype(dtype)
+    ):
+        raise DataError(
+            f"{kind} has dtype {dtype}; jaxlmm uses real numbers and factors: convert it "
+            "(dates, for example, to days since a start)"
+        )
     if dtype == object:
         inferred = pd.api.types.infer_dtype(values, skipna=True)
         if inferred in ("integer", "floating", "mixed-integer-float", "decimal"):
@@ -371,28 +392,37 @@ def clean_column(name: str, values: pd.Series, role: str) -> pd.Series:
     if (dtype == object or pd.api.types.is_string_dtype(dtype)) and _looks_numeric(values):
         n_levels = values.nunique()
         if role != "response" and n_levels <= min(50, len(values) // 2):  # a factor coded by numbers
-            warnings.warn(f"{kind} holds numbers stored as text; it is used as a factor with {n_levels} levels, "
-                          "as R does with character columns (use pd.to_numeric to use it as a number)",
-                          stacklevel=4)
+            warnings.warn(
+                f"{kind} holds numbers stored as text; it is used as a factor with {n_levels} levels, "
+                "as R does with character columns (use pd.to_numeric to use it as a number)",
+                stacklevel=4,
+            )
             return values
         example = values.dropna().iloc[0]
-        advice = "" if role == "response" else (
-            f", or make it a pd.Categorical (or write factor({name})) to use it as a factor")
-        raise DataError(f"{kind} holds numbers stored as text (e.g. {example!r}): convert it with "
-                        f"pd.to_numeric to use it as a number{advice}")
+        advice = (
+            ""
+            if role == "response"
+            else (f", or make it a pd.Categorical (or write factor({name})) to use it as a factor")
+        )
+        raise DataError(
+            f"{kind} holds numbers stored as text (e.g. {example!r}): convert it with "
+            f"pd.to_numeric to use it as a number{advice}"
+        )
     return values
 
 
 def check_response(name: str, values: pd.Series) -> None:
     if pd.api.types.is_bool_dtype(values.dtype):
-        raise DataError(f"the response {name!r} is logical (True/False), not numeric: lmer needs a numeric "
-                        "response (convert it with .astype(float) if you mean 0/1)")
+        raise DataError(
+            f"the response {name!r} is logical (True/False), not numeric: lmer needs a numeric "
+            "response (convert it with .astype(float) if you mean 0/1)"
+        )
     if isinstance(values.dtype, pd.CategoricalDtype):
-        raise DataError(f"the response {name!r} is a factor (pandas Categorical), not numeric: lmer needs a "
-                        "numeric response")
+        raise DataError(
+            f"the response {name!r} is a factor (pandas Categorical), not numeric: lmer needs a numeric response"
+        )
     if is_factor(values):
-        raise DataError(f"the response {name!r} is not numeric (dtype {values.dtype}): lmer needs a numeric "
-                        "response")
+        raise DataError(f"the response {name!r} is not numeric (dtype {values.dtype}): lmer needs a numeric response")
 
 
 @dataclass(frozen=True)
@@ -435,9 +465,22 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
     specs = variable_specs(formula, frame)
     X, names, dropped = fixed_effects(formula, frame, specs, y)
     terms, structure, group_names, group_levels, codes, Z = assemble_blocks(bar_terms(formula, frame, specs, len(y)))
-    return Design(formula=formula, y=y, X=X, fixef_names=names, terms=terms, group_names=group_names,
-                  group_levels=group_levels, codes=codes, Z=Z, structure=structure, specs=specs, rows=rows,
-                  n_dropped=n_dropped, dropped_fixef=dropped)
+    return Design(
+        formula=formula,
+        y=y,
+        X=X,
+        fixef_names=names,
+        terms=terms,
+        group_names=group_names,
+        group_levels=group_levels,
+        codes=codes,
+        Z=Z,
+        structure=structure,
+        specs=specs,
+        rows=rows,
+        n_dropped=n_dropped,
+        dropped_fixef=dropped,
+    )
 
 
 def model_frame(formula: Formula, data: pd.DataFrame) -> tuple[dict[str, pd.Series], pd.Index, int]:
@@ -456,19 +499,23 @@ def model_frame(formula: Formula, data: pd.DataFrame) -> tuple[dict[str, pd.Seri
         raise DataError(f"the data have more than one column named {', '.join(map(repr, duplicated))}")
     raw = {}
     for v in formula.variables:
-        role = ("response" if v == formula.response else
-                "covariate" if used_as_covariate(v, formula) else "grouping")
+        role = "response" if v == formula.response else "covariate" if used_as_covariate(v, formula) else "grouping"
         raw[v] = clean_column(v, evaluate(v, data), role)
     missing = {v: pd.isna(values).to_numpy() for v, values in raw.items()}
     empty = [v for v, m in missing.items() if m.all()]
     if empty:
-        raise DataError(f"no complete rows: {', '.join(map(repr, empty))} "
-                        f"{'is' if len(empty) == 1 else 'are'} missing (NaN/None) in every row")
+        raise DataError(
+            f"no complete rows: {', '.join(map(repr, empty))} "
+            f"{'is' if len(empty) == 1 else 'are'} missing (NaN/None) in every row"
+        )
     complete = ~np.any(np.column_stack(list(missing.values())), axis=1)
     if not complete.any():
         worst = sorted(missing, key=lambda v: -missing[v].sum())[:3]
-        raise DataError("no complete rows: every row has a missing value in a used column (most missing: "
-                        + ", ".join(f"{v!r} {int(missing[v].sum())} of {len(data)}" for v in worst) + ")")
+        raise DataError(
+            "no complete rows: every row has a missing value in a used column (most missing: "
+            + ", ".join(f"{v!r} {int(missing[v].sum())} of {len(data)}" for v in worst)
+            + ")"
+        )
     frame = {v: values[complete].reset_index(drop=True) for v, values in raw.items()}
     return frame, data.index[complete], int((~complete).sum())
 
@@ -480,8 +527,10 @@ def response(formula: Formula, frame: dict[str, pd.Series]) -> np.ndarray:
     check_numeric(formula.response, values)
     y = values.to_numpy(dtype=float)
     if np.ptp(y) == 0:
-        raise DataError(f"the response {formula.response!r} is constant (= {y[0]:g} in all {len(y)} "
-                        "complete rows): there is nothing to model")
+        raise DataError(
+            f"the response {formula.response!r} is constant (= {y[0]:g} in all {len(y)} "
+            "complete rows): there is nothing to model"
+        )
     return y
 
 
@@ -500,8 +549,9 @@ def variable_specs(formula: Formula, frame: dict[str, pd.Series]) -> dict[str, V
     return specs
 
 
-def fixed_effects(formula: Formula, frame: dict[str, pd.Series], specs: dict[str, VariableSpec], y: np.ndarray
-                  ) -> tuple[np.ndarray, list[str], list[str]]:
+def fixed_effects(
+    formula: Formula, frame: dict[str, pd.Series], specs: dict[str, VariableSpec], y: np.ndarray
+) -> tuple[np.ndarray, list[str], list[str]]:
     """X with R's column names, aliased columns dropped with lme4's warning (and their names returned)."""
     X, names = model_matrix(formula.fixed, frame, specs)
     keep = independent_columns(X)
@@ -516,18 +566,21 @@ def fixed_effects(formula: Formula, frame: dict[str, pd.Series], specs: dict[str
         X, names = X[:, keep], [names[j] for j in keep]
     n = len(y)
     if X.shape[1] >= n:
-        raise DataError(f"{X.shape[1]} fixed-effect coefficients ({', '.join(names[:5])}"
-                        f"{', ...' if len(names) > 5 else ''}) for {n} observations: no residual is left")
+        raise DataError(
+            f"{X.shape[1]} fixed-effect coefficients ({', '.join(names[:5])}"
+            f"{', ...' if len(names) > 5 else ''}) for {n} observations: no residual is left"
+        )
     if X.shape[1]:
         resid = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
         if np.linalg.norm(resid) <= 1e-10 * np.linalg.norm(y):
-            raise DataError(f"the response {formula.response!r} is an exact linear function of the fixed "
-                            f"effects ({', '.join(names)}): the residual variance is 0")
+            raise DataError(
+                f"the response {formula.response!r} is an exact linear function of the fixed "
+                f"effects ({', '.join(names)}): the residual variance is 0"
+            )
     return X, names, dropped
 
 
-def bar_terms(formula: Formula, frame: dict[str, pd.Series], specs: dict[str, VariableSpec], n: int
-              ) -> list[BarTerm]:
+def bar_terms(formula: Formula, frame: dict[str, pd.Series], specs: dict[str, VariableSpec], n: int) -> list[BarTerm]:
     """Each random-effects term's Z and grouping factor with lme4's ``checkNlevels``/``checkZdims``, in
     lme4's order (``mkReTrms``: decreasing number of levels, ``rev(order(nl))``, when not already so)."""
     bars = []
@@ -548,8 +601,11 @@ def bar_terms(formula: Formula, frame: dict[str, pd.Series], specs: dict[str, Va
                 f"({' + '.join(cols)} | {bar.group_name}); the random-effects parameters and the residual "
                 "variance are probably unidentifiable"
             )
-        bars.append(BarTerm(k, bar.group_name, tuple(cols), Zt, g.cat.codes.to_numpy().astype(np.int64),
-                            tuple(g.cat.categories)))
+        bars.append(
+            BarTerm(
+                k, bar.group_name, tuple(cols), Zt, g.cat.codes.to_numpy().astype(np.int64), tuple(g.cat.categories)
+            )
+        )
     nl = [b.n_levels for b in bars]
     if any(b > a for a, b in itertools.pairwise(nl)):
         order = list(reversed(sorted(range(len(bars)), key=lambda k: nl[k])))  # noqa: C413 - ties reversed, as R
@@ -578,10 +634,18 @@ def assemble_blocks(bars: list[BarTerm]):
         terms.append(ReTerm(b.group, b.columns, k, tuple(range(start[k], start[k] + q)), offset, b.bar))
         start[k] += q
         offset += rows.size
-    blocks = tuple(ReBlock(members[0].n_levels, q, tuple(map(tuple, idx.tolist())))
-                   for members, q, idx in zip(block_bars, block_q, index))
-    return (terms, Structure(blocks, offset), names, [m[0].levels for m in block_bars],
-            [m[0].codes for m in block_bars], [np.column_stack([b.Z for b in m]) for m in block_bars])
+    blocks = tuple(
+        ReBlock(members[0].n_levels, q, tuple(map(tuple, idx.tolist())))
+        for members, q, idx in zip(block_bars, block_q, index)
+    )
+    return (
+        terms,
+        Structure(blocks, offset),
+        names,
+        [m[0].levels for m in block_bars],
+        [m[0].codes for m in block_bars],
+        [np.column_stack([b.Z for b in m]) for m in block_bars],
+    )
 
 
 def used_as_covariate(v: str, formula: Formula) -> bool:
@@ -635,4 +699,3 @@ def theta_precondition(design: Design, scale: np.ndarray) -> np.ndarray:
 def theta_start(structure: Structure) -> np.ndarray:
     """lme4's start: 1 on Lambda's diagonal, 0 off it."""
     return np.where(np.isfinite(structure.lower), 1.0, 0.0)
-

@@ -48,8 +48,7 @@ def lambda_matrix(theta: jnp.ndarray, block: ReBlock) -> jnp.ndarray:
     Built from static indices (no gather), which keeps its derivatives cheap under ``vmap``.
     """
     zero = jnp.zeros_like(theta[..., 0])
-    return jnp.stack([jnp.stack([theta[..., t] if t >= 0 else zero for t in row], -1)
-                      for row in block.theta_index], -2)
+    return jnp.stack([jnp.stack([theta[..., t] if t >= 0 else zero for t in row], -1) for row in block.theta_index], -2)
 
 
 def _sum(terms, like):
@@ -93,18 +92,26 @@ def first_block(theta: jnp.ndarray, block: ReBlock, A11: jnp.ndarray, A1XY: jnp.
     q = block.q
     lam = [[theta[..., t] if t >= 0 else None for t in row] for row in block.theta_index]  # lam[r][c]
     g0 = A11[..., 0, 0]
-    AL = [[_sum((A11[..., r, s] * lam[s][j] for s in range(q) if lam[s][j] is not None), g0)
-           for j in range(q)] for r in range(q)]  # A₁₁Λ₁
-    M = [[_sum((lam[r][i] * AL[r][j] for r in range(q) if lam[r][i] is not None), g0) + (1.0 if i == j else 0.0)
-          for j in range(q)] for i in range(q)]
+    AL = [
+        [_sum((A11[..., r, s] * lam[s][j] for s in range(q) if lam[s][j] is not None), g0) for j in range(q)]
+        for r in range(q)
+    ]  # A₁₁Λ₁
+    M = [
+        [
+            _sum((lam[r][i] * AL[r][j] for r in range(q) if lam[r][i] is not None), g0) + (1.0 if i == j else 0.0)
+            for j in range(q)
+        ]
+        for i in range(q)
+    ]
     L = _cholesky_entries(M)
     V = [[None] * q for _ in range(q)]
     for c in range(q):  # forward substitution for each column of Λ₁ᵀ
         for i in range(q):
             rhs = lam[c][i] if lam[c][i] is not None else 0.0
             V[i][c] = (rhs - _sum((L[i][k] * V[k][c] for k in range(i)), g0)) / L[i][i]
-    U = jnp.stack([_sum((V[k][r][..., None] * A1XY[..., r, :] for r in range(q)), A1XY[..., 0, :])
-                   for k in range(q)], -2)
+    U = jnp.stack(
+        [_sum((V[k][r][..., None] * A1XY[..., r, :] for r in range(q)), A1XY[..., 0, :]) for k in range(q)], -2
+    )
     logdet = 2.0 * _sum((jnp.sum(jnp.log(L[i][i]), -1) for i in range(q)), g0[..., 0])
     V1 = jnp.stack([jnp.stack([V[i][c] for c in range(q)], -1) for i in range(q)], -2)
     return _stack_lower(L, g0), V1, U, logdet
@@ -127,8 +134,7 @@ def solve_lower_small(L: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
     return jnp.stack(rows, -2)
 
 
-def apply_lambda_rest(theta: jnp.ndarray, structure: Structure, M: jnp.ndarray, transposed: bool = True
-                      ) -> jnp.ndarray:
+def apply_lambda_rest(theta: jnp.ndarray, structure: Structure, M: jnp.ndarray, transposed: bool = True) -> jnp.ndarray:
     """``Λ₂ᵀ M`` (or ``Λ₂ M``) for M with p₂ rows, Λ₂ = blockdiag over the rest blocks of I_G ⊗ Λ_k.
 
     When every rest block is a scalar term, Λ₂ is diagonal and this is one row scaling.
@@ -169,8 +175,7 @@ def _spd_terms_jvp(primals, tangents):
 
 def rest_scale(theta: jnp.ndarray, structure: Structure) -> jnp.ndarray:
     """The diagonal of Λ₂ (p₂,), for rest blocks that are all scalar terms."""
-    return jnp.concatenate([jnp.broadcast_to(theta[b.theta_index[0][0]], (b.n_levels,))
-                            for b in structure.blocks[1:]])
+    return jnp.concatenate([jnp.broadcast_to(theta[b.theta_index[0][0]], (b.n_levels,)) for b in structure.blocks[1:]])
 
 
 def rest_congruence(theta: jnp.ndarray, structure: Structure, C: jnp.ndarray) -> jnp.ndarray:
@@ -195,14 +200,16 @@ def factorize(theta: jnp.ndarray, cp: CrossProducts, structure: Structure) -> Fa
     if p2:
         W1 = jnp.einsum("gkr,gks->grs", V1, V1)
         W1_terms = W1.reshape(-1).at[cp.pair_w].get(mode="promise_in_bounds")
-        P = jax.ops.segment_sum(cp.pair_val * W1_terms, cp.pair_out,
-                                num_segments=p2 * p2, indices_are_sorted=True).reshape(p2, p2)
+        P = jax.ops.segment_sum(
+            cp.pair_val * W1_terms, cp.pair_out, num_segments=p2 * p2, indices_are_sorted=True
+        ).reshape(p2, p2)
         C = cp.A22 - (P + P.T - jnp.diag(jnp.diagonal(P)))  # P holds the upper triangle
         S22 = rest_congruence(theta, structure, C) + jnp.eye(p2)
         L2 = jax.lax.linalg.cholesky(S22, symmetrize_input=False)  # the same factor spd_terms takes
         WA = jnp.einsum("gkr,gkc->grc", V1, U1).reshape(-1, A1XY.shape[-1])  # W₁ A₁XY
         A2XY = _bordered(cp.A2X, cp.A2y) - jax.ops.segment_sum(
-            cp.A21_val[:, None] * WA[cp.A21_col], cp.A21_row, num_segments=p2)
+            cp.A21_val[:, None] * WA[cp.A21_col], cp.A21_row, num_segments=p2
+        )
         _, logdet2, Q = spd_terms(S22, apply_lambda_rest(theta, structure, A2XY))
         S = S - Q
         logdet = logdet + logdet2
@@ -246,7 +253,7 @@ def weighted_criterion(f: Factor, weights: jnp.ndarray) -> jnp.ndarray:
     """
     p = f.LXY.shape[0] - 1
     r2 = f.LXY[p, p] ** 2
-    return (f.logdet_M + weights[0] * logdet_RX(f) + weights[1] * jnp.log(r2) + weights[2] * r2 + weights[3])
+    return f.logdet_M + weights[0] * logdet_RX(f) + weights[1] * jnp.log(r2) + weights[2] * r2 + weights[3]
 
 
 def criterion(f: Factor, cp: CrossProducts, reml) -> jnp.ndarray:

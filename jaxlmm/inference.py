@@ -46,14 +46,16 @@ def difference_points(theta: np.ndarray, sigma, theta_scale: np.ndarray) -> tupl
     """The points ``ψ ± hᵢeᵢ`` (…, 2k, k), plus first then minus, and the steps h (…, k); leading axes batch."""
     psi = np.concatenate([theta, np.asarray(sigma)[..., None]], axis=-1)
     h = DIFFERENCE_STEP * np.concatenate(
-        [np.broadcast_to(theta_scale, theta.shape), np.abs(np.asarray(sigma))[..., None]], axis=-1)
+        [np.broadcast_to(theta_scale, theta.shape), np.abs(np.asarray(sigma))[..., None]], axis=-1
+    )
     k = psi.shape[-1]
     shifts = np.eye(k) * h[..., None, :]  # (…, k, k): row i is hᵢeᵢ
     return np.concatenate([psi[..., None, :] + shifts, psi[..., None, :] - shifts], axis=-2), h
 
 
-def satterthwaite_from_jets(gradients: np.ndarray, vcov_unscaled: np.ndarray, sigma, h: np.ndarray,
-                            contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def satterthwaite_from_jets(
+    gradients: np.ndarray, vcov_unscaled: np.ndarray, sigma, h: np.ndarray, contrasts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """df and ``v = lᵀVl`` for each row l of ``contrasts`` (c, p), from :func:`varpar_jets` at the
     :func:`difference_points`; leading axes batch (lanes)."""
     k, p = h.shape[-1], contrasts.shape[-1]
@@ -66,15 +68,18 @@ def satterthwaite_from_jets(gradients: np.ndarray, vcov_unscaled: np.ndarray, si
     A = 2.0 * (evecs * inv[..., None, :]) @ np.swapaxes(evecs, -1, -2)
     sigma = np.asarray(sigma)[..., None, None]
     U = 0.5 * (vcov_unscaled[..., k - 1, :, :] + vcov_unscaled[..., 2 * k - 1, :, :])  # σ± leave θ, hence U, as is
-    dU = (vcov_unscaled[..., : k - 1, :, :] - vcov_unscaled[..., k: 2 * k - 1, :, :]) / (2.0 * h[..., : k - 1, None, None])
+    dU = (vcov_unscaled[..., : k - 1, :, :] - vcov_unscaled[..., k : 2 * k - 1, :, :]) / (
+        2.0 * h[..., : k - 1, None, None]
+    )
     dV = np.concatenate([sigma[..., None, :, :] ** 2 * dU, (2.0 * sigma * U)[..., None, :, :]], axis=-3)  # (…, k, p, p)
     v = np.einsum("ci,...ij,cj->...c", contrasts, sigma**2 * U, contrasts)
     J = np.einsum("ci,...kij,cj->...ck", contrasts, dV, contrasts)
     return 2.0 * v**2 / np.einsum("...ck,...kl,...cl->...c", J, A, J), v
 
 
-def satterthwaite_df(theta, sigma, contrasts, cp: CrossProducts, structure: Structure, reml: bool,
-                     theta_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def satterthwaite_df(
+    theta, sigma, contrasts, cp: CrossProducts, structure: Structure, reml: bool, theta_scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Denominator df for each row ``l`` of ``contrasts`` (c, p), and ``v = lᵀVl``, for one fit."""
     bound_executables()
     n, p = float(cp.n), int(cp.p)
@@ -86,8 +91,9 @@ def satterthwaite_df(theta, sigma, contrasts, cp: CrossProducts, structure: Stru
         r = evaluate(point[:-1], cp, structure, varpar_weights(n, p, reml, s, xp=np), theta_scale, extras=True)
         gradients.append(np.append(r.g, 2.0 * nu / s - 2.0 * float(r.parts.r2) / s**3))
         vcov_unscaled.append(r.parts.vcov_unscaled)
-    return satterthwaite_from_jets(np.array(gradients), np.array(vcov_unscaled), float(sigma), h,
-                                   np.asarray(contrasts, dtype=float))
+    return satterthwaite_from_jets(
+        np.array(gradients), np.array(vcov_unscaled), float(sigma), h, np.asarray(contrasts, dtype=float)
+    )
 
 
 @partial(jax.jit, static_argnames=("structure", "cp_axes"))

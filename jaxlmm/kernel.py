@@ -59,8 +59,14 @@ def fitted_parts(theta: jnp.ndarray, cp: CrossProducts, structure: Structure) ->
     f = factorize(theta, cp, structure)
     p = f.LXY.shape[0] - 1
     beta = beta_hat(f)
-    return FittedParts(f.logdet_M, logdet_RX(f), f.LXY[p, p] ** 2, beta, unscaled_vcov(f),
-                       tuple(conditional_modes(theta, cp, structure, f, beta)))
+    return FittedParts(
+        f.logdet_M,
+        logdet_RX(f),
+        f.LXY[p, p] ** 2,
+        beta,
+        unscaled_vcov(f),
+        tuple(conditional_modes(theta, cp, structure, f, beta)),
+    )
 
 
 @functools.cache
@@ -81,8 +87,9 @@ def full_triangles(structure: Structure) -> tuple[Structure, np.ndarray]:
     return full, np.array([full.blocks[b].theta_index[r][c] for b, r, c in zip(k, rows, cols)], dtype=np.int64)
 
 
-def _search(theta, budget, rescale, scale, precondition, weights, extras, mask, gtol, cp: CrossProducts,
-            structure: Structure) -> SearchResult:
+def _search(
+    theta, budget, rescale, scale, precondition, weights, extras, mask, gtol, cp: CrossProducts, structure: Structure
+) -> SearchResult:
     """The kernel on the full-triangle layout; ``mask`` is 0 on the structural zeros, which therefore have
     a zero gradient and (with a zero ``precondition`` there) never move."""
 
@@ -123,15 +130,30 @@ def evaluation_work(cp: CrossProducts, structure: Structure) -> float:
     b1 = structure.blocks[0]
     p1 = cp.AXX.shape[0] + 1
     p2 = cp.A22.shape[0]
-    return (b1.n_levels * (b1.q**3 + 2 * b1.q**2 * p1) + p2**3 / 3 + 2 * p2**2 * p1
-            + 4 * cp.pair_val.shape[0] + 2 * cp.A21_val.shape[0] * p1)
+    return (
+        b1.n_levels * (b1.q**3 + 2 * b1.q**2 * p1)
+        + p2**3 / 3
+        + 2 * p2**2 * p1
+        + 4 * cp.pair_val.shape[0]
+        + 2 * cp.A21_val.shape[0] * p1
+    )
 
 
 _search_kernel = SizedKernel(_search)
 
 
-def criterion_search(theta, budget: int, rescale: bool, scale, precondition, weights, extras: bool,
-                     cp: CrossProducts, structure: Structure, gtol: float = Control.search_gtol) -> SearchResult:
+def criterion_search(
+    theta,
+    budget: int,
+    rescale: bool,
+    scale,
+    precondition,
+    weights,
+    extras: bool,
+    cp: CrossProducts,
+    structure: Structure,
+    gtol: float = Control.search_gtol,
+) -> SearchResult:
     """Up to ``budget`` BFGS steps on ``weighted_criterion(·, weights)`` (B from ``diag(precondition)``),
     from theta or, with ``rescale``, from its best rescaling (:func:`~jaxlmm.optimize.best_scaled`), and
     with ``extras`` the :class:`FittedParts` at the end, in one compiled call (a :class:`SizedKernel` on
@@ -144,13 +166,27 @@ def criterion_search(theta, budget: int, rescale: bool, scale, precondition, wei
         out[slots] = v
         return out
 
-    r = jax.device_get(_search_kernel(embed(theta, 0.0), budget, rescale, embed(scale, 1.0), embed(precondition, 0.0),
-                                      np.asarray(weights, dtype=float), extras, embed(1.0, 0.0), gtol, cp, full))
+    r = jax.device_get(
+        _search_kernel(
+            embed(theta, 0.0),
+            budget,
+            rescale,
+            embed(scale, 1.0),
+            embed(precondition, 0.0),
+            np.asarray(weights, dtype=float),
+            extras,
+            embed(1.0, 0.0),
+            gtol,
+            cp,
+            full,
+        )
+    )
     return r._replace(theta=r.theta[slots], g=r.g[slots], signs=r.signs[slots])
 
 
-def criterion_and_gradient(theta, cp: CrossProducts, structure: Structure, reml: bool, scale: np.ndarray
-                           ) -> tuple[float, np.ndarray]:
+def criterion_and_gradient(
+    theta, cp: CrossProducts, structure: Structure, reml: bool, scale: np.ndarray
+) -> tuple[float, np.ndarray]:
     """The profiled criterion (REML or ML) and its exact gradient at theta (inf and 0 where not finite)."""
     r = evaluate(theta, cp, structure, profiled_weights(float(cp.n), float(cp.p), reml, xp=np), scale)
     return float(r.f), np.asarray(r.g)
@@ -159,12 +195,16 @@ def criterion_and_gradient(theta, cp: CrossProducts, structure: Structure, reml:
 def criterion_hessian(theta, cp: CrossProducts, structure: Structure, reml: bool, scale: np.ndarray) -> np.ndarray:
     """The criterion's Hessian at theta, by central differences of the exact gradient (2·len(theta)
     gradients through the same compiled kernel)."""
-    return difference_hessian(partial(criterion_and_gradient, cp=cp, structure=structure, reml=reml, scale=scale),
-                              np.asarray(theta, dtype=float), scale)
+    return difference_hessian(
+        partial(criterion_and_gradient, cp=cp, structure=structure, reml=reml, scale=scale),
+        np.asarray(theta, dtype=float),
+        scale,
+    )
 
 
-def evaluate(theta: np.ndarray, cp: CrossProducts, structure: Structure, weights, scale: np.ndarray,
-             extras: bool = False) -> SearchResult:
+def evaluate(
+    theta: np.ndarray, cp: CrossProducts, structure: Structure, weights, scale: np.ndarray, extras: bool = False
+) -> SearchResult:
     """The criterion, its gradient and (with ``extras``) the fitted parts at theta, on the host."""
     return criterion_search(theta, 1, False, scale, scale, weights, extras, cp, structure)
 

@@ -58,8 +58,9 @@ def fit_result(problem: Problem, reml: bool, opt: OptSummary) -> FitResult:
     """The estimates at the optimiser's θ, from the fit's kernel (:class:`~jaxlmm.kernel.FittedParts`)."""
     design = problem.design
     n, p = design.n, design.p
-    parts = evaluate(opt.theta, problem.cp, problem.structure, profiled_weights(n, p, reml, xp=np),
-                     theta_scale(design), extras=True).parts
+    parts = evaluate(
+        opt.theta, problem.cp, problem.structure, profiled_weights(n, p, reml, xp=np), theta_scale(design), extras=True
+    ).parts
     nu = n - p if reml else n
     r2 = float(parts.r2)
     sigma = math.sqrt(r2 / nu)
@@ -119,14 +120,14 @@ class LinearMixedModel:
     def criterion_and_gradient(self, theta: np.ndarray, reml: bool | None = None) -> tuple[float, np.ndarray]:
         """The profiled criterion (REML or ML; the fit's by default) and its exact gradient at theta: lme4's
         deviance function (``lmer(..., devFunOnly = TRUE)``) with its derivative."""
-        return criterion_and_gradient(theta, self.cp, self.structure, self.reml if reml is None else reml,
-                                      self.theta_scale)
+        return criterion_and_gradient(
+            theta, self.cp, self.structure, self.reml if reml is None else reml, self.theta_scale
+        )
 
     def criterion_hessian(self, theta: np.ndarray, reml: bool | None = None) -> np.ndarray:
         """The criterion's (REML or ML; the fit's by default) Hessian at theta, by central differences of
         the exact gradient."""
-        return criterion_hessian(theta, self.cp, self.structure, self.reml if reml is None else reml,
-                                 self.theta_scale)
+        return criterion_hessian(theta, self.cp, self.structure, self.reml if reml is None else reml, self.theta_scale)
 
     @functools.cached_property
     def condvar(self) -> list[np.ndarray]:
@@ -221,8 +222,9 @@ class LinearMixedModel:
     @property
     def varcorr(self) -> pd.DataFrame:
         """R's ``as.data.frame(VarCorr(m))``: grp, var1, var2, vcov, sdcor (with the Residual row)."""
-        return pd.DataFrame(varcorr_rows(self.term_covariances(), self.sigma),
-                            columns=["grp", "var1", "var2", "vcov", "sdcor"])
+        return pd.DataFrame(
+            varcorr_rows(self.term_covariances(), self.sigma), columns=["grp", "var1", "var2", "vcov", "sdcor"]
+        )
 
     # ----------------------------------------------------------- values
     def _random_part(self, Z: list[np.ndarray], codes: list[np.ndarray]) -> np.ndarray:
@@ -300,8 +302,9 @@ class LinearMixedModel:
         _check_nsim(nsim)
         return simulate(self.design, self.params, nsim, seed)
 
-    def bootstrap(self, nsim: int = 1000, seed: int | None = None, progress: bool | None = None,
-                  simulation: str = "plain"):
+    def bootstrap(
+        self, nsim: int = 1000, seed: int | None = None, progress: bool | None = None, simulation: str = "plain"
+    ):
         """lme4's ``bootMer``: a :class:`~jaxlmm.batch.BatchFit` of ``nsim`` batched refits
         (``simulation="direct"`` draws the responses' cross-products directly: same law, cheaper)."""
         _check_nsim(nsim)
@@ -322,8 +325,10 @@ class LinearMixedModel:
 
     def __repr__(self) -> str:
         kind = "REML" if self.reml else "ML"
-        return (f"<LinearMixedModel {self.formula!r} by {kind}: logLik {self.loglik:.4f}, "
-                f"{self.nobs} obs, groups {self.ngroups}>")
+        return (
+            f"<LinearMixedModel {self.formula!r} by {kind}: logLik {self.loglik:.4f}, "
+            f"{self.nobs} obs, groups {self.ngroups}>"
+        )
 
 
 def _check_nsim(nsim) -> None:
@@ -351,8 +356,9 @@ def fit_problem(problem: Problem, reml: bool = True, control: Control | None = N
         return float(r.f), np.asarray(r.g)
 
     def search(theta, budget, rescale):
-        r = criterion_search(theta, budget, rescale, scale, precondition, weights, False, cp, structure,
-                             control.search_gtol)
+        r = criterion_search(
+            theta, budget, rescale, scale, precondition, weights, False, cp, structure, control.search_gtol
+        )
         return r.signs * r.theta, float(r.f), r.signs * r.g, int(r.steps), float(r.decrement)
 
     opt = minimize_theta(value_and_grad, search, theta_start(structure) * scale, structure.lower, scale, control)

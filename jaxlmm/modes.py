@@ -34,7 +34,9 @@ def conditional_modes(theta, cp: CrossProducts, structure: Structure, f: Factor,
     c2 = apply_lambda_rest(theta, structure, cp.A2y - cp.A2X @ beta)
     z1 = jnp.einsum("grs,gs->gr", Minv1, c1)
     Lz1 = (z1 @ Lam1.T).reshape(-1)
-    rhs2 = c2 - apply_lambda_rest(theta, structure, jax.ops.segment_sum(cp.A21_val * Lz1[cp.A21_col], cp.A21_row, num_segments=p2))
+    rhs2 = c2 - apply_lambda_rest(
+        theta, structure, jax.ops.segment_sum(cp.A21_val * Lz1[cp.A21_col], cp.A21_row, num_segments=p2)
+    )
     u2 = jax.scipy.linalg.cho_solve((f.L2, True), rhs2)
     Lu2 = apply_lambda_rest(theta, structure, u2, transposed=False)
     t = jax.ops.segment_sum(cp.A21_val * Lu2[cp.A21_row], cp.A21_col, num_segments=b1.n_levels * b1.q)

@@ -162,7 +162,11 @@ def minimize_theta(
         stages.append("L-BFGS-B (fallback)")
         bounds = [(lo / s if np.isfinite(lo) else None, None) for lo, s in zip(lower, scale)]
         res = scipy.optimize.minimize(
-            fg_phi, start / scale, jac=True, method="L-BFGS-B", bounds=bounds,
+            fg_phi,
+            start / scale,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
             options={"maxiter": control.max_iter, "ftol": 1e-15, "gtol": 1e-10, "maxcor": 20},
         )
         return np.maximum(res.x * scale, lower)
@@ -190,8 +194,9 @@ def minimize_theta(
     return OptSummary(theta, float(f), n_evals, n_newton, converged, message, pg, " + ".join(stages), control)
 
 
-def difference_hessian(value_and_grad, theta: np.ndarray, scale: np.ndarray, step: float = Control.hessian_step
-                       ) -> np.ndarray:
+def difference_hessian(
+    value_and_grad, theta: np.ndarray, scale: np.ndarray, step: float = Control.hessian_step
+) -> np.ndarray:
     """The Hessian by central differences of the exact gradient, steps ``step × scale``, symmetrised.
 
     Its error, O(step²) relative, is far below what the Newton steps and the convergence test need.
@@ -334,9 +339,16 @@ def bfgs_start(theta: jnp.ndarray, inv_hessian: jnp.ndarray) -> BFGSState:
     instead (a guess of the inverse Hessian's diagonal, up to a factor), ``B = diag(v)``, rescaled by the
     first steps (see :func:`bfgs_steps`)."""
     guess = inv_hessian.ndim == theta.ndim
-    return BFGSState(theta, jnp.asarray(jnp.inf, dtype=theta.dtype), jnp.zeros_like(theta),
-                     jnp.diag(inv_hessian) if guess else inv_hessian, jnp.ones((), dtype=theta.dtype),
-                     jnp.zeros((), dtype=jnp.int32), jnp.asarray(guess), jnp.asarray(False))
+    return BFGSState(
+        theta,
+        jnp.asarray(jnp.inf, dtype=theta.dtype),
+        jnp.zeros_like(theta),
+        jnp.diag(inv_hessian) if guess else inv_hessian,
+        jnp.ones((), dtype=theta.dtype),
+        jnp.zeros((), dtype=jnp.int32),
+        jnp.asarray(guess),
+        jnp.asarray(False),
+    )
 
 
 def small_gradient(g: jnp.ndarray, scale: jnp.ndarray, tol) -> jnp.ndarray:

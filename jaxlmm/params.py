@@ -42,8 +42,11 @@ def term_covariances(design: Design, theta: np.ndarray, sigma) -> list[TermCovar
         Lam = design.structure.blocks[term.block].lambda_of(theta)[..., cols[:, None], cols[None, :]]
         k = seen.get(term.group, 0)
         seen[term.group] = k + 1
-        out.append(TermCovariance(term.group if k == 0 else f"{term.group}.{k}", term.columns,
-                                  sigma**2 * Lam @ np.swapaxes(Lam, -1, -2)))
+        out.append(
+            TermCovariance(
+                term.group if k == 0 else f"{term.group}.{k}", term.columns, sigma**2 * Lam @ np.swapaxes(Lam, -1, -2)
+            )
+        )
     return out
 
 
@@ -63,7 +66,9 @@ def varcorr_rows(covariances: list[TermCovariance], sigma: float) -> list[tuple]
     for group, cols, S in covariances:
         sd, cor = sd_cor(S)
         rows += [(group, c, None, S[i, i], sd[i]) for i, c in enumerate(cols)]
-        rows += [(group, cols[j], cols[i], S[i, j], cor[i, j]) for j in range(len(cols)) for i in range(j + 1, len(cols))]
+        rows += [
+            (group, cols[j], cols[i], S[i, j], cor[i, j]) for j in range(len(cols)) for i in range(j + 1, len(cols))
+        ]
     rows.append(("Residual", None, None, sigma**2, sigma))
     return rows
 

@@ -75,8 +75,16 @@ def caterpillar(model: LinearMixedModel, group: str | None = None) -> Figure:
         fe = float(model.fixef.get(term, 0.0))
         rows = re[re.term == term].sort_values("condval")
         y = np.arange(len(rows))
-        ax.errorbar(fe + rows.condval.values, y, xerr=2 * rows.condsd.values, fmt="o", markersize=4,
-                    color="tab:blue", ecolor="tab:blue", capsize=0)
+        ax.errorbar(
+            fe + rows.condval.values,
+            y,
+            xerr=2 * rows.condsd.values,
+            fmt="o",
+            markersize=4,
+            color="tab:blue",
+            ecolor="tab:blue",
+            capsize=0,
+        )
         ax.axvline(fe, **FIXEF_STYLE, label=f"fixed effect {fe:.4g}")
         ax.set_yticks(y, [str(g) for g in rows.grp])
         ax.set_xlabel(f"{term}: fixed effect + conditional mode ± 2 SD")
@@ -132,10 +140,18 @@ def shrinkage(model: LinearMixedModel, term: str = "(Intercept)", group: str | N
     sd = sd if sd.size else np.zeros_like(coef)
     shift = 0.01 * max(np.ptp(log_n), 1.0)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.errorbar(log_n - shift, est[:, j], yerr=2 * se[:, j], fmt="o", mfc="white", color="tab:gray",
-                label="each group alone (lmList) ± 2 SE")
-    ax.errorbar(log_n + shift, coef, yerr=2 * sd, fmt="o", color="tab:blue",
-                label="mixed model: coef(m) ± 2 conditional SD")
+    ax.errorbar(
+        log_n - shift,
+        est[:, j],
+        yerr=2 * se[:, j],
+        fmt="o",
+        mfc="white",
+        color="tab:gray",
+        label="each group alone (lmList) ± 2 SE",
+    )
+    ax.errorbar(
+        log_n + shift, coef, yerr=2 * sd, fmt="o", color="tab:blue", label="mixed model: coef(m) ± 2 conditional SD"
+    )
     fe = float(model.fixef[term])
     ax.axhline(fe, **FIXEF_STYLE, label=f"fixed effect {fe:.4g}")
     ax.set_xlabel(f"log(number of observations per {name})")
@@ -161,8 +177,13 @@ def group_lines(model: LinearMixedModel, x: str | None = None, group: str | None
     for level in range(len(d.group_levels[k])):
         rows = np.flatnonzero(codes == level)
         rows = rows[np.argsort(xs[rows], kind="stable")]
-        ax.plot(xs[rows], fitted[rows], color=colors(level % 20), linewidth=1.0,
-                label=f"per-{d.group_names[k]} fits" if level == 0 else None)
+        ax.plot(
+            xs[rows],
+            fitted[rows],
+            color=colors(level % 20),
+            linewidth=1.0,
+            label=f"per-{d.group_names[k]} fits" if level == 0 else None,
+        )
     order = np.argsort(xs, kind="stable")
     ax.plot(xs[order], population[order], **FIXEF_STYLE, label="fixef")
     ax.set_xlabel(d.fixef_names[j])
@@ -181,8 +202,9 @@ def lrt_reference(test: PBTest, bins: int = 30) -> Figure:
     if ref.size == 0:
         raise ValueError("the test has no valid bootstrap replicates to draw")
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    heights, _, _ = ax.hist(ref, bins=bins, density=True, color="tab:blue", alpha=0.5,
-                            label=f"bootstrap LRT ({ref.size} samples)")
+    heights, _, _ = ax.hist(
+        ref, bins=bins, density=True, color="tab:blue", alpha=0.5, label=f"bootstrap LRT ({ref.size} samples)"
+    )
     right = 1.05 * max(ref.max(), test.lrt)
     grid = np.linspace(right / 400, right, 400)
     pdf = scipy.stats.chi2.pdf(grid, test.df)

@@ -41,14 +41,28 @@ def _drop_term(design: Design, term: str, data: pd.DataFrame) -> Design:
     parts = tuple(t for t in design.formula.fixed.terms if ":".join(t) != term)
     if len(parts) == len(design.formula.fixed.terms):
         raise DataError(f"term {term!r} is not a fixed-effect term of {design.formula.text!r}")
-    reduced = replace(design.formula, fixed=ModelPart(parts, design.formula.fixed.intercept),
-                      text=f"{design.formula.text} without {term}")
+    reduced = replace(
+        design.formula,
+        fixed=ModelPart(parts, design.formula.fixed.intercept),
+        text=f"{design.formula.text} without {term}",
+    )
     return build_design(reduced, data)
 
 
-def power(formula: str, data: pd.DataFrame, fixef: dict[str, float], covariance: dict[str, np.ndarray],
-          sigma: float, term: str, test: str = "lrt", nsim: int = 1000, alpha: float = 0.05,
-          seed: int | None = None, nboot: int = 1000, progress: bool | None = None) -> dict:
+def power(
+    formula: str,
+    data: pd.DataFrame,
+    fixef: dict[str, float],
+    covariance: dict[str, np.ndarray],
+    sigma: float,
+    term: str,
+    test: str = "lrt",
+    nsim: int = 1000,
+    alpha: float = 0.05,
+    seed: int | None = None,
+    nboot: int = 1000,
+    progress: bool | None = None,
+) -> dict:
     """Power of ``test`` for fixed-effect ``term`` of the specified model on the design ``data``.
 
     Returns ``{"power", "se", "n_valid", "n_failed", "p_values"}``.
@@ -75,13 +89,27 @@ def power(formula: str, data: pd.DataFrame, fixef: dict[str, float], covariance:
         if test == "lrt":
             p_values = scipy.special.chdtrc(full.p - reduced.p, lrt)
         else:
-            reference, good = simulated_lrt(null_problem, theta, full_problem, theta, null, False, nboot,
-                                            None if seed is None else seed + 1, progress=progress)
+            reference, good = simulated_lrt(
+                null_problem,
+                theta,
+                full_problem,
+                theta,
+                null,
+                False,
+                nboot,
+                None if seed is None else seed + 1,
+                progress=progress,
+            )
             p_values = bootstrap_p_value(reference[good], lrt)
     p_values = np.asarray(p_values)[ok]
     share = float(np.mean(p_values < alpha)) if p_values.size else float("nan")
-    return {"power": share, "se": float(np.sqrt(share * (1 - share) / max(p_values.size, 1))),
-            "n_valid": int(p_values.size), "n_failed": int((~ok).sum()), "p_values": p_values}
+    return {
+        "power": share,
+        "se": float(np.sqrt(share * (1 - share) / max(p_values.size, 1))),
+        "n_valid": int(p_values.size),
+        "n_failed": int((~ok).sum()),
+        "p_values": p_values,
+    }
 
 
 def _satterthwaite_p(problem: Problem, truth: Params, term: str, nsim: int, seed, progress):
@@ -104,8 +132,9 @@ def _satterthwaite_p(problem: Problem, truth: Params, term: str, nsim: int, seed
         gradients.append(g)
         vcov_unscaled.append(v)
     B = fits.theta.shape[0]
-    df, var = satterthwaite_from_jets(np.concatenate(gradients)[:B], np.concatenate(vcov_unscaled)[:B], fits.sigma, h,
-                                      np.eye(design.p)[k:k + 1])
+    df, var = satterthwaite_from_jets(
+        np.concatenate(gradients)[:B], np.concatenate(vcov_unscaled)[:B], fits.sigma, h, np.eye(design.p)[k : k + 1]
+    )
     t = fits.beta[:, k] / np.sqrt(var[:, 0])
     p_values = 2 * scipy.special.stdtr(df[:, 0], -np.abs(t))
     return gather(p_values), gather(fits.converged)
@@ -116,6 +145,13 @@ def power_curve(formula: str, make_data: Callable[[int], pd.DataFrame], n_groups
     rows = []
     for g in n_groups:
         res = power(formula, make_data(g), **kwargs)
-        rows.append({"n_groups": g, "power": res["power"], "se": res["se"], "n_valid": res["n_valid"],
-                     "n_failed": res["n_failed"]})
+        rows.append(
+            {
+                "n_groups": g,
+                "power": res["power"],
+                "se": res["se"],
+                "n_valid": res["n_valid"],
+                "n_failed": res["n_failed"],
+            }
+        )
     return pd.DataFrame(rows)

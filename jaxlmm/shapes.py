@@ -46,8 +46,10 @@ def bucket(k: int, minimum: int = 1) -> int:
 
 def padded_structure(structure: Structure) -> Structure:
     """``structure`` with each block's number of levels rounded up to its bucket."""
-    blocks = tuple(ReBlock(bucket(b.n_levels, MIN_FIRST_LEVELS if k == 0 else MIN_REST_LEVELS), b.q, b.theta_index)
-                   for k, b in enumerate(structure.blocks))
+    blocks = tuple(
+        ReBlock(bucket(b.n_levels, MIN_FIRST_LEVELS if k == 0 else MIN_REST_LEVELS), b.q, b.theta_index)
+        for k, b in enumerate(structure.blocks)
+    )
     return Structure(blocks, structure.n_theta)
 
 
@@ -64,20 +66,26 @@ def _rest_remap(structure: Structure, target: Structure) -> np.ndarray:
     return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
 
 
-def pad_response_products(products: dict[str, np.ndarray], structure: Structure, target: Structure, p: int
-                          ) -> dict[str, np.ndarray]:
+def pad_response_products(
+    products: dict[str, np.ndarray], structure: Structure, target: Structure, p: int
+) -> dict[str, np.ndarray]:
     """The y-dependent products of a batch (``A1y`` (B, G, q), ``A2y`` (B, p₂), ``AXy`` (B, p), ``yy``)
     padded to ``target`` and ``p`` fixed-effect columns, as :func:`pad_crossproducts` pads one data set's."""
     A1y, A2y, AXy = (np.asarray(products[k]) for k in ("A1y", "A2y", "AXy"))
     B, G = A1y.shape[0], target.blocks[0].n_levels
     padded_A2y = np.zeros((B, block_offsets(target)[-1]))
     padded_A2y[:, _rest_remap(structure, target)] = A2y
-    return {**products, "A1y": np.concatenate([A1y, np.zeros((B, G - A1y.shape[1], A1y.shape[2]))], axis=1),
-            "A2y": padded_A2y, "AXy": np.concatenate([AXy, np.zeros((B, p - AXy.shape[1]))], axis=1)}
+    return {
+        **products,
+        "A1y": np.concatenate([A1y, np.zeros((B, G - A1y.shape[1], A1y.shape[2]))], axis=1),
+        "A2y": padded_A2y,
+        "AXy": np.concatenate([AXy, np.zeros((B, p - AXy.shape[1]))], axis=1),
+    }
 
 
-def pad_crossproducts(cp: CrossProducts, structure: Structure, target: Structure, nnz: int, npairs: int, p: int
-                      ) -> CrossProducts:
+def pad_crossproducts(
+    cp: CrossProducts, structure: Structure, target: Structure, nnz: int, npairs: int, p: int
+) -> CrossProducts:
     """``cp`` padded with empty levels to ``target``'s level counts, to ``nnz``/``npairs`` sparse entries
     and to ``p`` fixed-effect columns (inert ones after the real ones).
 
@@ -94,7 +102,7 @@ def pad_crossproducts(cp: CrossProducts, structure: Structure, target: Structure
 
     def pad_rest(a, square=False):
         a = np.asarray(a)
-        out = np.zeros((p2_new,) * (2 if square else 1) + a.shape[2 if square else 1:])
+        out = np.zeros((p2_new,) * (2 if square else 1) + a.shape[2 if square else 1 :])
         out[np.ix_(remap, remap) if square else remap] = a
         return out
 
@@ -115,12 +123,23 @@ def pad_crossproducts(cp: CrossProducts, structure: Structure, target: Structure
     AXX = np.eye(p)
     AXX[:p_real, :p_real] = cp.AXX
     return CrossProducts(
-        A11=pad_first(cp.A11), A1X=pad_columns(pad_first(cp.A1X)), A1y=pad_first(cp.A1y), AXX=AXX,
-        AXy=pad_columns(cp.AXy), yy=np.asarray(cp.yy), A22=pad_rest(cp.A22, square=True),
-        A2X=pad_columns(pad_rest(cp.A2X)), A2y=pad_rest(cp.A2y), A21_row=pad_sparse(row, nnz),
-        A21_col=pad_sparse(cp.A21_col, nnz), A21_val=pad_sparse(cp.A21_val, nnz),
-        pair_out=pad_sparse(out_idx, npairs, last_out), pair_w=pad_sparse(cp.pair_w, npairs),
-        pair_val=pad_sparse(cp.pair_val, npairs), n=np.asarray(cp.n), p=np.asarray(cp.p),
+        A11=pad_first(cp.A11),
+        A1X=pad_columns(pad_first(cp.A1X)),
+        A1y=pad_first(cp.A1y),
+        AXX=AXX,
+        AXy=pad_columns(cp.AXy),
+        yy=np.asarray(cp.yy),
+        A22=pad_rest(cp.A22, square=True),
+        A2X=pad_columns(pad_rest(cp.A2X)),
+        A2y=pad_rest(cp.A2y),
+        A21_row=pad_sparse(row, nnz),
+        A21_col=pad_sparse(cp.A21_col, nnz),
+        A21_val=pad_sparse(cp.A21_val, nnz),
+        pair_out=pad_sparse(out_idx, npairs, last_out),
+        pair_w=pad_sparse(cp.pair_w, npairs),
+        pair_val=pad_sparse(cp.pair_val, npairs),
+        n=np.asarray(cp.n),
+        p=np.asarray(cp.p),
     )
 
 
@@ -141,6 +160,7 @@ class Problem(NamedTuple):
 
 def padded_problem(design: Design) -> Problem:
     """The :class:`Problem` of a design: cross-products computed once, padded to their bucket."""
-    cp, structure = pad_to_bucket(crossproducts(design.y, design.X, design.codes, design.Z, design.structure),
-                                  design.structure)
+    cp, structure = pad_to_bucket(
+        crossproducts(design.y, design.X, design.codes, design.Z, design.structure), design.structure
+    )
     return Problem(design, cp, structure)

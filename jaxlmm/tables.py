@@ -14,14 +14,21 @@ from .params import ran_pars
 def coef_table(model) -> pd.DataFrame:
     """lmerTest's ``summary(m)$coefficients``: Estimate, Std. Error, df, t value, Pr(>|t|) (Satterthwaite)."""
     p = model.design.p
-    df, var = satterthwaite_df(model.theta, model.sigma, np.eye(p), model.cp, model.structure, model.reml,
-                               model.theta_scale)
+    df, var = satterthwaite_df(
+        model.theta, model.sigma, np.eye(p), model.cp, model.structure, model.reml, model.theta_scale
+    )
     est = model.fixef.values
     se = np.sqrt(np.asarray(var))
     t = est / se
     df = np.asarray(df)
     return pd.DataFrame(
-        {"Estimate": est, "Std. Error": se, "df": df, "t value": t, "Pr(>|t|)": 2 * scipy.special.stdtr(df, -np.abs(t))},
+        {
+            "Estimate": est,
+            "Std. Error": se,
+            "df": df,
+            "t value": t,
+            "Pr(>|t|)": 2 * scipy.special.stdtr(df, -np.abs(t)),
+        },
         index=model.design.fixef_names,
     )
 
@@ -29,13 +36,22 @@ def coef_table(model) -> pd.DataFrame:
 def tidy(model) -> pd.DataFrame:
     """broom.mixed's ``tidy(m)``: effect, group, term, estimate, std.error, statistic, df, p.value."""
     ct = coef_table(model)
-    fixed = pd.DataFrame({
-        "effect": "fixed", "group": None, "term": ct.index, "estimate": ct["Estimate"].values,
-        "std.error": ct["Std. Error"].values, "statistic": ct["t value"].values, "df": ct["df"].values,
-        "p.value": ct["Pr(>|t|)"].values,
-    })
-    rand = pd.DataFrame([(g, term, float(v)) for g, term, v in ran_pars(model.term_covariances(), model.sigma)],
-                        columns=["group", "term", "estimate"])
+    fixed = pd.DataFrame(
+        {
+            "effect": "fixed",
+            "group": None,
+            "term": ct.index,
+            "estimate": ct["Estimate"].values,
+            "std.error": ct["Std. Error"].values,
+            "statistic": ct["t value"].values,
+            "df": ct["df"].values,
+            "p.value": ct["Pr(>|t|)"].values,
+        }
+    )
+    rand = pd.DataFrame(
+        [(g, term, float(v)) for g, term, v in ran_pars(model.term_covariances(), model.sigma)],
+        columns=["group", "term", "estimate"],
+    )
     rand.insert(0, "effect", "ran_pars")
     for col in ("std.error", "statistic", "df", "p.value"):
         rand[col] = np.nan
@@ -50,8 +66,17 @@ def ranef(model) -> pd.DataFrame:
         cols = d.block_columns(k)
         modes, sds = model.conditional_modes[k], np.sqrt(np.diagonal(model.condvar[k], axis1=1, axis2=2))
         for j, c in enumerate(cols):
-            frames.append(pd.DataFrame({"grpvar": name, "term": c, "grp": list(d.group_levels[k]),
-                                        "condval": modes[:, j], "condsd": sds[:, j]}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "grpvar": name,
+                        "term": c,
+                        "grp": list(d.group_levels[k]),
+                        "condval": modes[:, j],
+                        "condsd": sds[:, j],
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -63,8 +88,11 @@ def coef(model) -> dict[str, pd.DataFrame]:
     modes = model.conditional_modes
     for k, name in enumerate(d.group_names):
         cols = d.block_columns(k)
-        table = pd.DataFrame(np.tile(fe.values, (len(d.group_levels[k]), 1)), columns=fe.index,
-                             index=pd.Index(d.group_levels[k], name=name))
+        table = pd.DataFrame(
+            np.tile(fe.values, (len(d.group_levels[k]), 1)),
+            columns=fe.index,
+            index=pd.Index(d.group_levels[k], name=name),
+        )
         for j, c in enumerate(cols):
             table[c] = table.get(c, 0.0) + modes[k][:, j]
         out[name] = table
@@ -111,8 +139,9 @@ def summary_text(model) -> str:
         lines.append(f"REML criterion at convergence: {-2 * model.loglik:.1f}")
     else:
         lines.append(f"{'AIC':>9} {'BIC':>9} {'logLik':>9} {'deviance':>9} {'df.resid':>9}")
-        lines.append(f"{model.aic:9.1f} {model.bic:9.1f} {model.loglik:9.1f} {model.deviance:9.1f} "
-                     f"{model.nobs - model.npar:9d}")
+        lines.append(
+            f"{model.aic:9.1f} {model.bic:9.1f} {model.loglik:9.1f} {model.deviance:9.1f} {model.nobs - model.npar:9d}"
+        )
     lines.append("")
     resid = model.residuals() / model.sigma
     q = np.quantile(resid, [0, 0.25, 0.5, 0.75, 1])
@@ -145,8 +174,10 @@ def summary_text(model) -> str:
     lines.append(f"{'':<{wn}} {'Estimate':>11} {'Std. Error':>11} {'df':>9} {'t value':>8} {'Pr(>|t|)':>10}")
     for name, row in ct.iterrows():
         p = row["Pr(>|t|)"]
-        lines.append(f"{name:<{wn}} {row['Estimate']:11.4g} {row['Std. Error']:11.4g} {row['df']:9.3f} "
-                     f"{row['t value']:8.3f} {p:10.3g} {_stars(p)}")
+        lines.append(
+            f"{name:<{wn}} {row['Estimate']:11.4g} {row['Std. Error']:11.4g} {row['df']:9.3f} "
+            f"{row['t value']:8.3f} {p:10.3g} {_stars(p)}"
+        )
     lines.append("---")
     lines.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
     if d.p > 1:

@@ -36,8 +36,9 @@ def main() -> None:
             out["lme4"][name] = row(conftest.fitted(name))
         for name in test_edge_cases.EDGE:
             out["edge"][name] = row(test_edge_cases.fitted(name))
-    out["jaxlmm_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                          text=True, check=True).stdout.strip()
+    out["jaxlmm_commit"] = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     path = ROOT / "tests" / "fixtures" / "jaxlmm_theta.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path} ({len(out['lme4'])} lme4 cases, {len(out['edge'])} edge cases)")

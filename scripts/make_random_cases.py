@@ -36,8 +36,16 @@ def data_set(rng: np.random.Generator) -> pd.DataFrame:
     b = rng.normal(size=(n_groups, 3)) @ L.T
     c = rng.normal(size=h.max() + 1) * rng.choice([0.0, 1.0])
     y = 2 + x / x.std() + b[g, 0] + b[g, 1] * x / x.std() + b[g, 2] * (f == 1) + c[h] + rng.normal(size=n)
-    return pd.DataFrame({"y": np.round(y, 6), "x": x, "z": z, "f": [f"f{v}" for v in f],
-                         "g": [f"g{v}" for v in g], "h": [f"h{v}" for v in h]})
+    return pd.DataFrame(
+        {
+            "y": np.round(y, 6),
+            "x": x,
+            "z": z,
+            "f": [f"f{v}" for v in f],
+            "g": [f"g{v}" for v in g],
+            "h": [f"h{v}" for v in h],
+        }
+    )
 
 
 if __name__ == "__main__":
