@@ -516,8 +516,8 @@ def _group_codes(group: tuple[str, ...], frame: dict[str, pd.Series]) -> tuple[n
         uniques = pd.Series(uniques)
         levels = factor_levels(uniques)
         return factor_codes(uniques, levels)[codes], len(levels)
-    g = group_values(group, frame)
-    return g.cat.codes.to_numpy().astype(np.int64), len(g.cat.categories)
+    codes, levels = group_values(group, frame)
+    return codes, len(levels)
 
 
 def _residual_ratios(M: np.ndarray) -> np.ndarray:

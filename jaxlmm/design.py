@@ -315,15 +315,16 @@ class Design:
         return [c for t in self.terms if t.block == k for c in t.columns]
 
 
-def group_values(group: tuple[str, ...], frame: dict[str, pd.Series]) -> pd.Series:
-    """The grouping factor of a bar: one variable, or the interaction ``a:b`` (levels "a1:b1")."""
+def group_values(group: tuple[str, ...], frame: dict[str, pd.Series]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The grouping factor of a bar, as (codes, levels): one variable, or the interaction ``a:b`` (levels
+    "a1:b1"; unused combinations dropped)."""
     parts = []
     for v in group:
         levels = factor_levels(frame[v])
         parts.append((levels, factor_codes(frame[v], levels)))
     if len(parts) == 1:
         levels, codes = parts[0]
-        return pd.Series(pd.Categorical.from_codes(codes, categories=list(levels)))
+        return codes, levels
     # R's a:b on factors: first factor slowest; unused combinations dropped
     combined = np.zeros(len(parts[0][1]), dtype=np.int64)
     for levels, codes in parts:
@@ -336,7 +337,7 @@ def group_values(group: tuple[str, ...], frame: dict[str, pd.Series]) -> pd.Seri
             idx.append(levels[c % len(levels)])
             c //= len(levels)
         labels.append(":".join(reversed(idx)))
-    return pd.Series(pd.Categorical.from_codes(np.searchsorted(used, combined), categories=labels))
+    return np.searchsorted(used, combined).astype(np.int64), tuple(labels)
 
 
 MAX_ABS = 1e150  # squares of larger values overflow float64 in the cross-products
@@ -586,8 +587,8 @@ def bar_terms(formula: Formula, frame: dict[str, pd.Series], specs: dict[str, Va
     bars = []
     for k, bar in enumerate(formula.random):
         Zt, cols = model_matrix(bar.effects, frame, specs)
-        g = group_values(bar.group, frame)
-        nlev = len(g.cat.categories)
+        codes, levels = group_values(bar.group, frame)
+        nlev = len(levels)
         if nlev < 2:
             raise DataError(f"grouping factor {bar.group_name!r} has only one level; a random effect needs at least 2")
         if nlev >= n:
@@ -601,11 +602,7 @@ def bar_terms(formula: Formula, frame: dict[str, pd.Series], specs: dict[str, Va
                 f"({' + '.join(cols)} | {bar.group_name}); the random-effects parameters and the residual "
                 "variance are probably unidentifiable"
             )
-        bars.append(
-            BarTerm(
-                k, bar.group_name, tuple(cols), Zt, g.cat.codes.to_numpy().astype(np.int64), tuple(g.cat.categories)
-            )
-        )
+        bars.append(BarTerm(k, bar.group_name, tuple(cols), Zt, codes, levels))
     nl = [b.n_levels for b in bars]
     if any(b > a for a, b in itertools.pairwise(nl)):
         order = list(reversed(sorted(range(len(bars)), key=lambda k: nl[k])))  # noqa: C413 - ties reversed, as R
@@ -675,8 +672,8 @@ def new_design_matrices(design: Design, data: pd.DataFrame) -> tuple[np.ndarray,
         Zt, _ = model_matrix(bar.effects, frame, design.specs)
         k = term.block
         Z[k][:, list(term.block_columns)] = Zt
-        g = group_values(bar.group, frame)
-        codes[k] = factor_codes(g.astype(object), design.group_levels[k])
+        group_codes, levels = group_values(bar.group, frame)
+        codes[k] = factor_codes(pd.Series(np.asarray(levels, dtype=object)[group_codes]), design.group_levels[k])
     return X, Z, codes
 
 

@@ -186,7 +186,7 @@ def test_power_command(capsys, tmp_path):
     status, out, err = run(capsys, "power", path, "y ~ x + (1 | Group)", *spec, "--json")
     assert status == 0, err
     result = json.loads(out)
-    assert result["n_valid"] + result["n_failed"] == 40 and 0 <= result["power"] <= 1
+    assert result["n_valid"] + result["n_failed"] == 40
     direct = jaxlmm.power("y ~ x + (1 | Group)", design, fixef={"(Intercept)": 1, "x": 0.5},
                           covariance={"Group": [[0.3]]}, sigma=1.0, term="x", nsim=40, seed=1)
     assert result["power"] == pytest.approx(direct["power"])
