@@ -541,6 +541,7 @@ def _residual_ratios(M: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- fitting
 
 
+DATASET_LANES_PER_CPU_DEVICE = 256  # data-set batches are hundreds, not thousands: narrower calls
 MERGE_RATIO = 16  # level buckets within this factor of a larger one are fitted in it
 
 
@@ -657,7 +658,7 @@ def _fit_bucket(
     start, hessian = np.tile(theta_start(target), (scale.shape[0], 1)) * scale, None
     # calls of a fixed number of lanes (the last one padded with copies), as run_lanes makes them: one
     # compiled shape per structure whatever the number of data sets in the bucket
-    width = chunk_size or default_chunk_size(target, cp.AXX.shape[-1])
+    width = chunk_size or default_chunk_size(target, cp.AXX.shape[-1], DATASET_LANES_PER_CPU_DEVICE)
     for first in range(0, scale.shape[0], width):
         lanes = np.arange(first, min(first + width, scale.shape[0]))
         padded = np.concatenate([lanes, np.repeat(lanes[:1], width - lanes.size)])
@@ -670,7 +671,7 @@ def _fit_bucket(
         return CrossProducts(*(a[lanes] for a in cp))
 
     theta, beta, sigma, crit, ok, steps = run_lanes(
-        lane_cp, start, inv_hessian, scale, target, reml, ALL_BATCHED, chunk_size, progress=progress
+        lane_cp, start, inv_hessian, scale, target, reml, ALL_BATCHED, width, progress=progress
     )
     return theta, beta[:, : int(cp.p[0])], sigma, crit, ok, steps  # the real coefficients, not the inert ones
 

@@ -15,7 +15,8 @@ therefore rounded up to a bucket grid and the cross-products padded:
 
 The grid is powers of two up to ``FINE_FROM`` and ``STEPS_PER_OCTAVE`` sizes per octave beyond: small
 problems share few executables (compiling costs far more than padding them), large ones pay at most
-1/8 more work in the padded dimension.
+1/8 more work in the padded dimension.  Batched refits run thousands of lanes of one shape, where run time
+outweighs a compile: their lanes use the fine grid from ``BATCH_FINE_FROM`` on.
 """
 
 from __future__ import annotations
@@ -28,35 +29,36 @@ from .crossprod import CrossProducts, block_offsets, crossproducts
 from .design import Design, ReBlock, Structure
 
 FINE_FROM = 1024  # sizes above this are rounded to STEPS_PER_OCTAVE sizes per octave, not to powers of two
+BATCH_FINE_FROM = 8  # the same for the lanes of batched refits
 STEPS_PER_OCTAVE = 8
 MIN_FIRST_LEVELS = 8  # the grouping factor with most levels has at least this many (padded) levels
 MIN_REST_LEVELS = 4
 
 
-def bucket(k: int, minimum: int = 1) -> int:
-    """The smallest grid size >= max(k, minimum): a power of two up to ``FINE_FROM``, beyond it a
+def bucket(k: int, minimum: int = 1, fine_from: int = FINE_FROM) -> int:
+    """The smallest grid size >= max(k, minimum): a power of two up to ``fine_from``, beyond it a
     multiple of 2^e / ``STEPS_PER_OCTAVE`` for the octave [2^e, 2^(e+1)) holding k."""
     k = max(int(k), int(minimum), 1)
     power = 1 << (k - 1).bit_length()
-    if power <= FINE_FROM:
+    if power <= fine_from:
         return power
     step = (power // 2) // STEPS_PER_OCTAVE
     return -(-k // step) * step
 
 
-def padded_structure(structure: Structure) -> Structure:
+def padded_structure(structure: Structure, fine_from: int = FINE_FROM) -> Structure:
     """``structure`` with each block's number of levels rounded up to its bucket."""
     blocks = tuple(
-        ReBlock(bucket(b.n_levels, MIN_FIRST_LEVELS if k == 0 else MIN_REST_LEVELS), b.q, b.theta_index)
+        ReBlock(bucket(b.n_levels, MIN_FIRST_LEVELS if k == 0 else MIN_REST_LEVELS, fine_from), b.q, b.theta_index)
         for k, b in enumerate(structure.blocks)
     )
     return Structure(blocks, structure.n_theta)
 
 
-def padded_sizes(cp: CrossProducts) -> tuple[int, int, int]:
+def padded_sizes(cp: CrossProducts, fine_from: int = FINE_FROM) -> tuple[int, int, int]:
     """Bucketed lengths of the ``Z₂ᵀZ₁`` entry list and of the pair list, and the bucketed number of
     fixed-effect columns."""
-    return bucket(cp.A21_val.shape[0]), bucket(cp.pair_val.shape[0]), bucket(cp.AXX.shape[0])
+    return tuple(bucket(k, 1, fine_from) for k in (cp.A21_val.shape[0], cp.pair_val.shape[0], cp.AXX.shape[0]))
 
 
 def _rest_remap(structure: Structure, target: Structure) -> np.ndarray:
@@ -143,10 +145,12 @@ def pad_crossproducts(
     )
 
 
-def pad_to_bucket(cp: CrossProducts, structure: Structure) -> tuple[CrossProducts, Structure]:
+def pad_to_bucket(
+    cp: CrossProducts, structure: Structure, fine_from: int = FINE_FROM
+) -> tuple[CrossProducts, Structure]:
     """``cp`` padded to the bucket of its shapes, and the padded structure (the compile key)."""
-    target = padded_structure(structure)
-    return pad_crossproducts(cp, structure, target, *padded_sizes(cp)), target
+    target = padded_structure(structure, fine_from)
+    return pad_crossproducts(cp, structure, target, *padded_sizes(cp, fine_from)), target
 
 
 class Problem(NamedTuple):
@@ -158,9 +162,9 @@ class Problem(NamedTuple):
     structure: Structure
 
 
-def padded_problem(design: Design) -> Problem:
+def padded_problem(design: Design, fine_from: int = FINE_FROM) -> Problem:
     """The :class:`Problem` of a design: cross-products computed once, padded to their bucket."""
     cp, structure = pad_to_bucket(
-        crossproducts(design.y, design.X, design.codes, design.Z, design.structure), design.structure
+        crossproducts(design.y, design.X, design.codes, design.Z, design.structure), design.structure, fine_from
     )
     return Problem(design, cp, structure)
