@@ -33,7 +33,9 @@ def use_compilation_cache(default: str | None = None) -> None:
     folder = os.environ.get("JAXLMM_CACHE_DIR", default)
     if folder:
         jax.config.update("jax_compilation_cache_dir", folder)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # every kernel: warm starts compile nothing
+        jax.config.update(
+            "jax_persistent_cache_min_compile_time_secs", 0.0
+        )  # every kernel: warm starts compile nothing
 
 
 def _count_executable(event: str, duration: float, **kwargs) -> None:

@@ -17,7 +17,7 @@ from jaxlmm.datasets import load_seed
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = sorted(p.stem for p in (FIXTURES / "lme4").glob("*.json") if not p.stem.startswith("anova_"))
 FACTORS_CODED_BY_NUMBERS = {"cake": ["temperature"], "Assay": ["dilut"]}
-ANOVA_CASES = sorted(p.stem[len("anova_"):] for p in (FIXTURES / "lme4").glob("anova_*.json"))
+ANOVA_CASES = sorted(p.stem[len("anova_") :] for p in (FIXTURES / "lme4").glob("anova_*.json"))
 
 
 def load_data(name: str) -> pd.DataFrame:

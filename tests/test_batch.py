@@ -78,8 +78,10 @@ def test_datasets_of_different_sizes_equal_single_fits():
     datasets = [seed2[seed2.Group.isin(groups[: 5 + k])].sample(frac=0.9, random_state=k) for k in range(3)]
     pen = load_data("Penicillin")
     datasets_crossed = [pen[pen.plate.isin(sorted(pen.plate.unique())[: 10 + 3 * k])] for k in range(2)]
-    for formula, sets, reml in [("y ~ x + (1 + x | Group)", datasets, False),
-                                ("diameter ~ 1 + (1 | plate) + (1 | sample)", datasets_crossed, True)]:
+    for formula, sets, reml in [
+        ("y ~ x + (1 + x | Group)", datasets, False),
+        ("diameter ~ 1 + (1 | plate) + (1 | sample)", datasets_crossed, True),
+    ]:
         batch = jaxlmm.fit_batch(formula, datasets=sets, reml=reml)
         assert batch.converged.all()
         for k, data in enumerate(sets):
@@ -172,8 +174,15 @@ def test_two_processes_under_jax_distributed_share_and_gather(tmp_path):
     )
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     outs = [tmp_path / f"p{k}.npy" for k in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(k), str(port), str(outs[k])], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(k), str(port), str(outs[k])],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for k in range(2)
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()[-2000:]
@@ -220,8 +229,9 @@ def test_lanes_per_call_follow_the_device_and_the_memory(slope_model):
     assert default_chunk_size(d.structure, d.p) == LANES_PER_CPU_DEVICE * jax.local_device_count()  # CPU here
     rng = np.random.default_rng(0)
     n = 12_000  # (1 | a) with 6,000 levels and (1 | b) with 3,000: a dense Schur block of 3,000²
-    crossed = pd.DataFrame({"y": rng.normal(size=n), "a": rng.permutation(np.arange(n) % 6000),
-                            "b": np.arange(n) % 3000})
+    crossed = pd.DataFrame(
+        {"y": rng.normal(size=n), "a": rng.permutation(np.arange(n) % 6000), "b": np.arange(n) % 3000}
+    )
     big = build_design(parse_formula("y ~ 1 + (1 | a) + (1 | b)"), crossed)
     # ten copies of a 3,000² float64 block (720 MB) per lane: one lane per call and device fits 1 GiB
     assert LANE_MEMORY == 1 << 30

@@ -25,8 +25,17 @@ def make_sets(sizes, seed=0):
         x = rng.normal(size=g.size)
         u, v = rng.normal(0, 1.0, G), rng.normal(0, 0.5, G)
         y = 1 + 0.5 * x + u[g] + v[g] * x + rng.normal(0, 0.5, g.size)
-        sets.append(pd.DataFrame({"y": y, "x": x, "z": rng.normal(size=g.size),
-                                  "f": rng.choice(["a", "b", "c"], g.size), "g": [f"g{j:02d}" for j in g]}))
+        sets.append(
+            pd.DataFrame(
+                {
+                    "y": y,
+                    "x": x,
+                    "z": rng.normal(size=g.size),
+                    "f": rng.choice(["a", "b", "c"], g.size),
+                    "g": [f"g{j:02d}" for j in g],
+                }
+            )
+        )
     return sets
 
 
@@ -42,8 +51,15 @@ def no_fallback(*args, **kwargs):
     raise AssertionError("the per-data-set path was taken")
 
 
-@pytest.mark.parametrize("formula", ["y ~ x + (1 | g)", "y ~ x + (1 + x | g)", "y ~ x * f + (1 | g) + (0 + z | g)",
-                                     "log(abs(y) + 1) ~ 0 + I(x^2) + (x || g)"])
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "y ~ x + (1 | g)",
+        "y ~ x + (1 + x | g)",
+        "y ~ x * f + (1 | g) + (0 + z | g)",
+        "log(abs(y) + 1) ~ 0 + I(x^2) + (x || g)",
+    ],
+)
 def test_stacked_crossproducts_equal_single_designs(formula):
     sets = make_sets([5, 9, 3, 12], seed=1)
     sets[1].loc[[0, 7], "x"] = np.nan  # dropped rows
@@ -70,8 +86,13 @@ def test_stacked_buckets_equal_pad_to_bucket(monkeypatch):
     """fit_stacked's stacked arrays are each data set's crossproducts padded to the (merged) bucket."""
     sets = make_sets([3, 12, 5, 20, 9], seed=3)
     parsed = jaxlmm.parse_formula("y ~ x * f + (1 + x | g)")
-    stacked = buckets.stack_designs(parsed, pd.concat(sets, ignore_index=True),
-                                    np.repeat(np.arange(len(sets)), [len(d) for d in sets]), len(sets), str)
+    stacked = buckets.stack_designs(
+        parsed,
+        pd.concat(sets, ignore_index=True),
+        np.repeat(np.arange(len(sets)), [len(d) for d in sets]),
+        len(sets),
+        str,
+    )
     seen = {}
 
     def capture(cp, scale, target, reml, chunk_size, progress):
@@ -196,10 +217,12 @@ def test_by_argument_errors():
 
 
 def test_dataset_ids_in_order_of_first_appearance():
-    for values, labels in [([7, 7, 3, 3, 3, 5], [7, 3, 5]),  # blocks: numbered from their boundaries
-                           ([7, 3, 7, 5, 3], [7, 3, 5]),  # interleaved: factorized
-                           ([1, 1, 2, 1], [1, 2]),  # a label in two blocks
-                           (["b", "a", "b"], ["b", "a"])]:
+    for values, labels in [
+        ([7, 7, 3, 3, 3, 5], [7, 3, 5]),  # blocks: numbered from their boundaries
+        ([7, 3, 7, 5, 3], [7, 3, 5]),  # interleaved: factorized
+        ([1, 1, 2, 1], [1, 2]),  # a label in two blocks
+        (["b", "a", "b"], ["b", "a"]),
+    ]:
         ids, found = buckets._dataset_ids(pd.Series(values))
         assert list(found) == labels
         assert [labels[i] for i in ids] == values

@@ -137,8 +137,14 @@ def test_bad_input_is_one_line_and_status_2(capsys, tmp_path, args, message):
 
 
 @pytest.mark.parametrize(
-    "args", [(), ("fit", SLEEP), ("fit", SLEEP, CORR, "--reml", "--ml"), ("pbtest", SLEEP, CORR, INTERCEPT, "--nsim", 0),
-             ("power", SLEEP, CORR)],
+    "args",
+    [
+        (),
+        ("fit", SLEEP),
+        ("fit", SLEEP, CORR, "--reml", "--ml"),
+        ("pbtest", SLEEP, CORR, INTERCEPT, "--nsim", 0),
+        ("power", SLEEP, CORR),
+    ],
 )
 def test_usage_errors_exit_2(capsys, args):
     with pytest.raises(SystemExit) as exc:
@@ -151,7 +157,10 @@ def test_installed_command_prints_no_traceback(tmp_path):
     """The real process: one line on stderr, status 2, as a user sees it."""
     result = subprocess.run(
         [sys.executable, "-m", "jaxlmm.cli", "fit", str(SLEEP), "Reaction ~ Days + (Days | Subjekt)"],
-        check=False, capture_output=True, text=True, env={"JAXLMM_CACHE_DIR": str(tmp_path), "PATH": ""},
+        check=False,
+        capture_output=True,
+        text=True,
+        env={"JAXLMM_CACHE_DIR": str(tmp_path), "PATH": ""},
         cwd=FIXTURES.parents[1],
     )
     assert result.returncode == 2
@@ -160,10 +169,15 @@ def test_installed_command_prints_no_traceback(tmp_path):
 
 def test_json_values_are_plain():
     assert cli.plain({"a": np.float64("nan"), "b": np.int64(3), "c": [np.bool_(True), None, "x"]}) == {
-        "a": None, "b": 3, "c": [True, None, "x"]}
+        "a": None,
+        "b": 3,
+        "c": [True, None, "x"],
+    }
 
 
-@pytest.mark.parametrize("terminal, flag, bar", [(True, [], True), (True, ["--no-progress"], False), (False, [], False)])
+@pytest.mark.parametrize(
+    "terminal, flag, bar", [(True, [], True), (True, ["--no-progress"], False), (False, [], False)]
+)
 def test_progress_bars_only_on_a_terminal(capsys, monkeypatch, terminal, flag, bar):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
     status, out, err = run(capsys, "pbtest", SLEEP, CORR, INTERCEPT, "--ml", "--nsim", 40, "--seed", 3, *flag)
@@ -181,14 +195,35 @@ def test_power_command(capsys, tmp_path):
     design = pd.DataFrame({"x": np.tile(np.linspace(0, 1, 6), 12), "Group": np.repeat(np.arange(12), 6)})
     path = tmp_path / "design.csv"
     design.to_csv(path, index=False)
-    spec = ["--term", "x", "--fixef", '{"(Intercept)": 1, "x": 0.5}', "--covariance", '{"Group": [[0.3]]}',
-            "--sigma", "1", "--nsim", "40", "--seed", "1", "--no-progress"]
+    spec = [
+        "--term",
+        "x",
+        "--fixef",
+        '{"(Intercept)": 1, "x": 0.5}',
+        "--covariance",
+        '{"Group": [[0.3]]}',
+        "--sigma",
+        "1",
+        "--nsim",
+        "40",
+        "--seed",
+        "1",
+        "--no-progress",
+    ]
     status, out, err = run(capsys, "power", path, "y ~ x + (1 | Group)", *spec, "--json")
     assert status == 0, err
     result = json.loads(out)
     assert result["n_valid"] + result["n_failed"] == 40
-    direct = jaxlmm.power("y ~ x + (1 | Group)", design, fixef={"(Intercept)": 1, "x": 0.5},
-                          covariance={"Group": [[0.3]]}, sigma=1.0, term="x", nsim=40, seed=1)
+    direct = jaxlmm.power(
+        "y ~ x + (1 | Group)",
+        design,
+        fixef={"(Intercept)": 1, "x": 0.5},
+        covariance={"Group": [[0.3]]},
+        sigma=1.0,
+        term="x",
+        nsim=40,
+        seed=1,
+    )
     assert result["power"] == pytest.approx(direct["power"])
     status, out, err = run(capsys, "power", path, "y ~ x + (1 | Group)", *spec[:3], "{bad json", *spec[4:])
     assert status == 2 and "--fixef is not valid JSON" in err

@@ -29,8 +29,9 @@ def crossed_data(seed: int = 0, n: int = 150) -> pd.DataFrame:
     c = rng.integers(0, 4, n)
     x = rng.normal(size=n)
     y = 1 + 0.5 * x + rng.normal(size=25)[a] + rng.normal(size=9)[b] + 0.7 * rng.normal(size=n)
-    return pd.DataFrame({"y": y, "x": x, "a": [f"a{k}" for k in a], "b": [f"b{k}" for k in b],
-                         "c": [f"c{k}" for k in c]})
+    return pd.DataFrame(
+        {"y": y, "x": x, "a": [f"a{k}" for k in a], "b": [f"b{k}" for k in b], "c": [f"c{k}" for k in c]}
+    )
 
 
 FORMULAS = [
@@ -45,8 +46,9 @@ FORMULAS = [
 def dense_criterion(design, reml: bool):
     """θ ↦ the criterion with whole dense matrices (jnp, differentiable by JAX's own rules)."""
     blocks = design.structure.blocks
-    Z = jnp.asarray(np.hstack([sparse_Z(c, z, b.n_levels).toarray()
-                               for c, z, b in zip(design.codes, design.Z, blocks)]))
+    Z = jnp.asarray(
+        np.hstack([sparse_Z(c, z, b.n_levels).toarray() for c, z, b in zip(design.codes, design.Z, blocks)])
+    )
     X, y = jnp.asarray(design.X), jnp.asarray(design.y)
     n, p = X.shape
 
@@ -56,7 +58,7 @@ def dense_criterion(design, reml: bool):
         M = ZL.T @ ZL + jnp.eye(ZL.shape[1])
         A = jnp.block([[M, ZL.T @ X], [X.T @ ZL, X.T @ X]])
         sol = jnp.linalg.solve(A, jnp.concatenate([ZL.T @ y, X.T @ y]))
-        u, beta = sol[: ZL.shape[1]], sol[ZL.shape[1]:]
+        u, beta = sol[: ZL.shape[1]], sol[ZL.shape[1] :]
         r2 = jnp.sum((y - X @ beta - ZL @ u) ** 2) + jnp.sum(u**2)
         logdet_M = 2 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(M))))
         if not reml:
@@ -75,15 +77,18 @@ def test_blocked_criterion_and_derivatives_equal_the_dense_formula(formula, reml
     cp = crossproducts(design.y, design.X, design.codes, design.Z, design.structure)
     reference = dense_criterion(design, reml)
     rng = np.random.default_rng(1)
-    theta = jnp.asarray(rng.uniform(0.2, 1.5, design.structure.n_theta)
-                        * np.where(np.isfinite(design.structure.lower), 1.0, 0.3))
+    theta = jnp.asarray(
+        rng.uniform(0.2, 1.5, design.structure.n_theta) * np.where(np.isfinite(design.structure.lower), 1.0, 0.3)
+    )
     blocked = jax.jit(lambda t: profiled_deviance(t, cp, design.structure, reml))
     reference = jax.jit(reference)
     np.testing.assert_allclose(blocked(theta), reference(theta), rtol=1e-11)
-    np.testing.assert_allclose(jax.jit(jax.grad(blocked))(theta), jax.jit(jax.grad(reference))(theta), rtol=1e-7,
-                               atol=1e-7)
-    np.testing.assert_allclose(jax.jit(jax.hessian(blocked))(theta), jax.jit(jax.hessian(reference))(theta),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(jax.grad(blocked))(theta), jax.jit(jax.grad(reference))(theta), rtol=1e-7, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        jax.jit(jax.hessian(blocked))(theta), jax.jit(jax.hessian(reference))(theta), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_spd_terms_and_their_first_and_second_derivatives():
@@ -106,6 +111,7 @@ def test_spd_terms_and_their_first_and_second_derivatives():
         def g(S, B):
             X, logdet, Q = f(0.5 * (S + S.T), B)
             return logdet + jnp.sum(W * Q) + jnp.sum(X[:3, :3])
+
         return g
 
     for derivative in (jax.grad, jax.hessian):
@@ -128,8 +134,9 @@ def test_difference_hessian_matches_autodiff():
         return float(f), np.asarray(g)
 
     exact = np.asarray(jax.jit(jax.hessian(criterion))(jnp.asarray(theta)))
-    np.testing.assert_allclose(difference_hessian(value_and_grad, theta, np.ones(4)), exact, rtol=1e-6,
-                               atol=1e-6 * np.abs(exact).max())
+    np.testing.assert_allclose(
+        difference_hessian(value_and_grad, theta, np.ones(4)), exact, rtol=1e-6, atol=1e-6 * np.abs(exact).max()
+    )
 
 
 def test_argsort_by_packed_sort_equals_stable_argsort():
@@ -139,4 +146,3 @@ def test_argsort_by_packed_sort_equals_stable_argsort():
     big = rng.integers(0, 2**62, 1000)  # too wide to pack: falls back to argsort
     np.testing.assert_array_equal(big[_argsort(big)], np.sort(big))
     assert _argsort(np.zeros(0, dtype=np.int64)).size == 0
-

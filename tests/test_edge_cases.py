@@ -49,8 +49,16 @@ CRITERION_RTOL = 1e-12
 
 
 def test_every_kind_of_edge_case_is_present():
-    kinds = {"scales", "balanced", "single_obs", "singular_zero_var", "singular_cor_plus", "singular_cor_minus",
-             "near", "many_groups"}
+    kinds = {
+        "scales",
+        "balanced",
+        "single_obs",
+        "singular_zero_var",
+        "singular_cor_plus",
+        "singular_cor_minus",
+        "near",
+        "many_groups",
+    }
     assert all(any(name.startswith(k) for name in EDGE) for k in kinds)
     assert reference("many_groups_int_ml")["ngroups"] == {"g": 10_000}
 
@@ -69,8 +77,7 @@ def test_criterion_function_equals_lme4s_at_the_same_theta(name):
     point is lme4's best optimum: so the estimates below compare the same optimum."""
     fx, m = reference(name), fitted(name)
     theta = np.atleast_1d(np.asarray(fx["jaxlmm_theta"], dtype=float))
-    assert m.criterion_and_gradient(theta)[0] == pytest.approx(fx["lme4_criterion_at_jaxlmm_theta"],
-                                                               rel=CRITERION_RTOL)
+    assert m.criterion_and_gradient(theta)[0] == pytest.approx(fx["lme4_criterion_at_jaxlmm_theta"], rel=CRITERION_RTOL)
     assert fx["lme4_criterion_at_jaxlmm_theta"] <= fx["criterion"] + CRITERION_RTOL * abs(fx["criterion"])
 
 
@@ -92,8 +99,9 @@ def test_estimates_match_lme4_at_the_same_optimum(name):
     is_sd = vc.var2.isna().to_numpy()
     sd_ref = vc.sdcor.astype(float).to_numpy()
     # worst 5.7e-7 relative (near_within_const_slope_ml), 3.1e-7 of the largest (scales_small_slope_reml)
-    np.testing.assert_allclose(ours.sdcor.to_numpy()[is_sd], sd_ref[is_sd], rtol=3e-6,
-                               atol=2e-6 * np.max(sd_ref[is_sd]))
+    np.testing.assert_allclose(
+        ours.sdcor.to_numpy()[is_sd], sd_ref[is_sd], rtol=3e-6, atol=2e-6 * np.max(sd_ref[is_sd])
+    )
     cor_ref, cor = sd_ref[~is_sd], ours.sdcor.to_numpy()[~is_sd]
     # a correlation is undefined where an sd is 0; lme4 reports +-1 or NaN for sds of 1e-8 and 0
     defined = np.isfinite(cor_ref) & np.isfinite(cor)

@@ -82,8 +82,14 @@ def test_non_dataframe():
 def small_data(n_groups: int = 10, per: int = 6, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     n = n_groups * per
-    return pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n),
-                         "g": np.repeat([f"g{k}" for k in range(n_groups)], per), "f": np.tile(["u", "v", "w"], n // 3)})
+    return pd.DataFrame(
+        {
+            "y": rng.normal(size=n),
+            "x": rng.normal(size=n),
+            "g": np.repeat([f"g{k}" for k in range(n_groups)], per),
+            "f": np.tile(["u", "v", "w"], n // 3),
+        }
+    )
 
 
 def _jax_untouched(monkeypatch):
@@ -103,41 +109,78 @@ BAD_DATA = {
     "text response": ("y ~ x + (1 | g)", lambda d: d.assign(y=d.f), "response 'y' is not numeric"),
     "logical response": ("y ~ x + (1 | g)", lambda d: d.assign(y=d.x > 0), "response 'y' is logical"),
     "factor response": ("y ~ x + (1 | g)", lambda d: d.assign(y=pd.Categorical(d.f)), "response 'y' is a factor"),
-    "numbers as text response": ("y ~ x + (1 | g)", lambda d: d.assign(y=d.y.astype(str)),
-                                 "response 'y' holds numbers stored as text"),
+    "numbers as text response": (
+        "y ~ x + (1 | g)",
+        lambda d: d.assign(y=d.y.astype(str)),
+        "response 'y' holds numbers stored as text",
+    ),
     "constant response": ("y ~ x + (1 | g)", lambda d: d.assign(y=2.5), "response 'y' is constant"),
     "infinite response": ("y ~ x + (1 | g)", lambda d: d.assign(y=np.r_[np.inf, d.y[1:]]), "'y' has infinite"),
     "infinite covariate": ("y ~ x + (1 | g)", lambda d: d.assign(x=np.r_[d.x[:-1], -np.inf]), "'x' has infinite"),
-    "infinite from expression": ("y ~ I(1/x) + (1 | g)", lambda d: d.assign(x=np.r_[0.0, d.x[1:]]),
-                                 r"'I\(1/x\)' has infinite"),
+    "infinite from expression": (
+        "y ~ I(1/x) + (1 | g)",
+        lambda d: d.assign(x=np.r_[0.0, d.x[1:]]),
+        r"'I\(1/x\)' has infinite",
+    ),
     "overflowing covariate": ("y ~ x + (1 | g)", lambda d: d.assign(x=d.x * 1e300), "'x' has values too large"),
-    "numbers as text covariate": ("y ~ x + (1 | g)", lambda d: d.assign(x=d.x.astype(str)),
-                                  "'x' holds numbers stored as text"),
-    "numbers as text slope": ("y ~ 1 + (x | g)", lambda d: d.assign(x=d.x.astype(str)),
-                              "'x' holds numbers stored as text"),
-    "mixed object covariate": ("y ~ x + (1 | g)", lambda d: d.assign(x=[1.0, "a"] * (len(d) // 2)),
-                               "'x' mixes numbers and text"),
-    "date covariate": ("y ~ x + (1 | g)", lambda d: d.assign(x=pd.date_range("2020-01-01", periods=len(d))),
-                       "'x' has dtype datetime64"),
+    "numbers as text covariate": (
+        "y ~ x + (1 | g)",
+        lambda d: d.assign(x=d.x.astype(str)),
+        "'x' holds numbers stored as text",
+    ),
+    "numbers as text slope": (
+        "y ~ 1 + (x | g)",
+        lambda d: d.assign(x=d.x.astype(str)),
+        "'x' holds numbers stored as text",
+    ),
+    "mixed object covariate": (
+        "y ~ x + (1 | g)",
+        lambda d: d.assign(x=[1.0, "a"] * (len(d) // 2)),
+        "'x' mixes numbers and text",
+    ),
+    "date covariate": (
+        "y ~ x + (1 | g)",
+        lambda d: d.assign(x=pd.date_range("2020-01-01", periods=len(d))),
+        "'x' has dtype datetime64",
+    ),
     "complex covariate": ("y ~ x + (1 | g)", lambda d: d.assign(x=d.x + 1j), "'x' has dtype complex"),
     "empty data": ("y ~ x + (1 | g)", lambda d: d.iloc[:0], "no rows"),
     "all-missing response": ("y ~ x + (1 | g)", lambda d: d.assign(y=np.nan), "'y' is missing"),
     "all-missing grouping": ("y ~ x + (1 | g)", lambda d: d.assign(g=None), "'g' is missing"),
     "all-NaN numeric grouping": ("y ~ x + (1 | g)", lambda d: d.assign(g=np.nan), "'g' is missing"),
-    "no complete row": ("y ~ x + (1 | g)", lambda d: d.assign(y=np.where(np.arange(len(d)) % 2, np.nan, d.y),
-                                                            x=np.where(np.arange(len(d)) % 2, d.x, np.nan)),
-                        "no complete rows.*'y'"),
+    "no complete row": (
+        "y ~ x + (1 | g)",
+        lambda d: d.assign(
+            y=np.where(np.arange(len(d)) % 2, np.nan, d.y), x=np.where(np.arange(len(d)) % 2, d.x, np.nan)
+        ),
+        "no complete rows.*'y'",
+    ),
     "one-level grouping": ("y ~ x + (1 | g)", lambda d: d.assign(g="a"), "'g' has only one level"),
-    "one level left after NA": ("y ~ x + (1 | g)", lambda d: d.assign(y=np.where(d.g == "g0", d.y, np.nan)),
-                                "'g' has only one level"),
-    "as many levels as rows": ("y ~ x + (1 | g)", lambda d: d.assign(g=np.arange(len(d))),
-                               "'g' has 60 levels for 60 observations"),
-    "more random effects than rows": ("y ~ x + (1 + x + I(x^2) | g)", lambda d: small_data(8, 3),
-                                      r"number of random effects \(=24\) for term"),
-    "duplicated column names": ("y ~ x + (1 | g)", lambda d: pd.concat([d, d[["x"]]], axis=1),
-                                "more than one column named 'x'"),
-    "no residual": ("y ~ factor(id) + (1 | g)", lambda d: d.assign(id=np.arange(len(d))),
-                    "60 fixed-effect coefficients"),
+    "one level left after NA": (
+        "y ~ x + (1 | g)",
+        lambda d: d.assign(y=np.where(d.g == "g0", d.y, np.nan)),
+        "'g' has only one level",
+    ),
+    "as many levels as rows": (
+        "y ~ x + (1 | g)",
+        lambda d: d.assign(g=np.arange(len(d))),
+        "'g' has 60 levels for 60 observations",
+    ),
+    "more random effects than rows": (
+        "y ~ x + (1 + x + I(x^2) | g)",
+        lambda d: small_data(8, 3),
+        r"number of random effects \(=24\) for term",
+    ),
+    "duplicated column names": (
+        "y ~ x + (1 | g)",
+        lambda d: pd.concat([d, d[["x"]]], axis=1),
+        "more than one column named 'x'",
+    ),
+    "no residual": (
+        "y ~ factor(id) + (1 | g)",
+        lambda d: d.assign(id=np.arange(len(d))),
+        "60 fixed-effect coefficients",
+    ),
     "exact linear response": ("y ~ x + (1 | g)", lambda d: d.assign(y=1 + 2 * d.x), "exact linear function"),
     "dunder in expression": ("y ~ I(x.__class__) + (1 | g)", lambda d: d, "'__' are not allowed"),
     "expression of wrong length": ("y ~ I(x[:3]) + (1 | g)", lambda d: d, "one value per row"),
@@ -202,8 +245,12 @@ def test_argument_errors():
     with pytest.raises(JaxlmmError, match="reml must be True or False"):
         jaxlmm.lmer("y ~ x + (1 | g)", d, reml="no")
     m = jaxlmm.lmer("y ~ x + (1 | g)", d)
-    for call in (lambda: m.simulate(0), lambda: m.bootstrap(-1), lambda: m.confint(method="profile"),
-                 lambda: m.confint(level=95)):
+    for call in (
+        lambda: m.simulate(0),
+        lambda: m.bootstrap(-1),
+        lambda: m.confint(method="profile"),
+        lambda: m.confint(level=95),
+    ):
         with pytest.raises(JaxlmmError):
             call()
 
@@ -228,8 +275,11 @@ def test_anova_refuses_what_it_cannot_compare():
 def test_fit_batch_responses_of_wrong_length_or_missing():
     d = small_data()
     rng = np.random.default_rng(1)
-    for Y, message in [(rng.normal(size=(59, 2)), "59 rows"), (rng.normal(size=(3, 60)), "3 rows"),
-                       (np.full((60, 2), np.nan), "missing or infinite")]:
+    for Y, message in [
+        (rng.normal(size=(59, 2)), "59 rows"),
+        (rng.normal(size=(3, 60)), "3 rows"),
+        (np.full((60, 2), np.nan), "missing or infinite"),
+    ]:
         with pytest.raises(DataError, match=message):
             jaxlmm.fit_batch("y ~ x + (1 | g)", d, responses=Y)
 

@@ -35,8 +35,10 @@ def test_random_terms_expand_like_lme4():
     f = parse_formula("y ~ x + (x || g) + (1 | a/b) + (0 + x | c:d)")
     got = [(r.effects.intercept, [":".join(t) for t in r.effects.terms], r.group_name) for r in f.random]
     assert got == [
-        (True, [], "g"), (False, ["x"], "g"),
-        (True, [], "a"), (True, [], "b:a"),
+        (True, [], "g"),
+        (False, ["x"], "g"),
+        (True, [], "a"),
+        (True, [], "b:a"),
         (False, ["x"], "c:d"),
     ]
 
@@ -44,8 +46,16 @@ def test_random_terms_expand_like_lme4():
 @pytest.mark.parametrize(
     "text, position",
     [
-        ("y ~ x + ", 8), ("y ~ x + (1 | )", 13), ("y ~ x + 1 | g", 10), ("y ~ (x", 6), ("y x", 2),
-        ("y ~ x + (1 | g) + (1 | g)", 21), ("y ~ x + (0 | g)", 11), ("y ~ x + 2", 8), ("", 0), ("y ~ x $ z", 6),
+        ("y ~ x + ", 8),
+        ("y ~ x + (1 | )", 13),
+        ("y ~ x + 1 | g", 10),
+        ("y ~ (x", 6),
+        ("y x", 2),
+        ("y ~ x + (1 | g) + (1 | g)", 21),
+        ("y ~ x + (0 | g)", 11),
+        ("y ~ x + 2", 8),
+        ("", 0),
+        ("y ~ x $ z", 6),
     ],
 )
 def test_bad_formulas_say_where(text, position):

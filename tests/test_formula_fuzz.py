@@ -17,10 +17,15 @@ from jaxlmm.design import build_design
 from jaxlmm.formula import Formula, parse_formula
 
 ALPHABET = "yxzgh01 ()|~+-*/:^.`'$I,e2" + "log"
-DATA = pd.DataFrame({
-    "y": np.linspace(0.0, 1.0, 24) ** 2, "x": np.tile(np.arange(6.0), 4), "z": np.repeat(["a", "b", "c"], 8),
-    "g": np.repeat(["g1", "g2", "g3", "g4"], 6), "h": np.tile(["h1", "h2"], 12),
-})
+DATA = pd.DataFrame(
+    {
+        "y": np.linspace(0.0, 1.0, 24) ** 2,
+        "x": np.tile(np.arange(6.0), 4),
+        "z": np.repeat(["a", "b", "c"], 8),
+        "g": np.repeat(["g1", "g2", "g3", "g4"], 6),
+        "h": np.tile(["h1", "h2"], 12),
+    }
+)
 
 
 def parse_quickly(text):
@@ -68,8 +73,13 @@ def fixed_parts(draw, depth=2):
 
 @st.composite
 def formulas(draw):
-    bars = draw(st.lists(st.tuples(st.sampled_from(["1", "x", "1 + x", "0 + x", "z"]), st.sampled_from(["|", "||"]),
-                                   groups), min_size=1, max_size=2))
+    bars = draw(
+        st.lists(
+            st.tuples(st.sampled_from(["1", "x", "1 + x", "0 + x", "z"]), st.sampled_from(["|", "||"]), groups),
+            min_size=1,
+            max_size=2,
+        )
+    )
     random = " + ".join(f"({e} {op} {g})" for e, op, g in bars)
     fixed = draw(fixed_parts())
     power = draw(st.sampled_from(["", "^2"]))

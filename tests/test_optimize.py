@@ -76,6 +76,7 @@ def test_optimum_on_the_bound_is_found_exactly():
 def test_a_saddle_on_the_bound_is_escaped():
     """f(θ) = (θ₀² − 1)² + θ₁²: θ₀ = 0 is a stationary point (the gradient vanishes there, as at a zero
     diagonal of Λ) with negative curvature; the minimum is at θ₀ = 1."""
+
     def f(theta):
         return (theta[0] ** 2 - 1.0) ** 2 + theta[1] ** 2
 
@@ -90,8 +91,7 @@ def test_a_saddle_on_the_bound_is_escaped():
         s = steps(bfgs_start(jnp.asarray(theta), ONES), budget)
         return np.asarray(s.theta), float(s.f), np.asarray(s.g), int(s.steps), float(0.5 * s.g @ s.inv_hessian @ s.g)
 
-    opt = minimize_theta(value_and_grad, search, np.array([0.0, 0.5]), np.array([0.0, -np.inf]), np.ones(2),
-                         Control())
+    opt = minimize_theta(value_and_grad, search, np.array([0.0, 0.5]), np.array([0.0, -np.inf]), np.ones(2), Control())
     assert opt.converged
     np.testing.assert_allclose(opt.theta, [1.0, 0.0], atol=1e-7)
     assert opt.fval == pytest.approx(0.0, abs=1e-12)

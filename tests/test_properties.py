@@ -44,8 +44,9 @@ def fit(formula, data, reml=False):
 
 def assert_same_fit(a, b, scale=1.0):
     assert a.converged and b.converged
-    np.testing.assert_allclose(b.fixef.values, scale * a.fixef.values, rtol=1e-5,
-                               atol=1e-6 * scale * np.max(np.abs(a.fixef.values)))
+    np.testing.assert_allclose(
+        b.fixef.values, scale * a.fixef.values, rtol=1e-5, atol=1e-6 * scale * np.max(np.abs(a.fixef.values))
+    )
     np.testing.assert_allclose(b.sigma, scale * a.sigma, rtol=1e-5)
     sd_a, sd_b = a.varcorr.sdcor.to_numpy(), b.varcorr.sdcor.to_numpy()
     is_sd = a.varcorr.var2.isna().to_numpy()
@@ -81,8 +82,9 @@ def test_relabelling_group_levels_does_not_matter(ds, formula, rnd):
     mapping = dict(zip(labels, new))
     ra = a.ranef().assign(grp=lambda r: r.grp.map(mapping)).set_index(["term", "grp"]).sort_index()
     rb = b.ranef().set_index(["term", "grp"]).sort_index()
-    np.testing.assert_allclose(rb.condval.to_numpy(), ra.condval.to_numpy(), rtol=1e-4,
-                               atol=1e-5 * np.max(np.abs(ra.condval.to_numpy())))
+    np.testing.assert_allclose(
+        rb.condval.to_numpy(), ra.condval.to_numpy(), rtol=1e-4, atol=1e-5 * np.max(np.abs(ra.condval.to_numpy()))
+    )
 
 
 @SETTINGS

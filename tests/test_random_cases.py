@@ -20,8 +20,9 @@ CASES = json.loads((FOLDER / "lme4_best.json").read_text())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", CASES, ids=[f"{c['data']}-{c['formula']}-{'REML' if c['reml'] else 'ML'}"
-                                              for c in CASES])
+@pytest.mark.parametrize(
+    "case", CASES, ids=[f"{c['data']}-{c['formula']}-{'REML' if c['reml'] else 'ML'}" for c in CASES]
+)
 def test_reaches_lme4s_best_optimum(case):
     data = pd.read_csv(FOLDER / f"{case['data']}.csv", dtype={"f": str, "g": str, "h": str})
     if "lme4_error" in case:  # lme4 refuses the case (too many random effects for the data): so must jaxlmm

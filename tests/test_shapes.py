@@ -35,14 +35,21 @@ def _groups(G: int, rows: int, seed: int, crossed: bool = False) -> pd.DataFrame
     rng = np.random.default_rng(seed)
     g = np.repeat(np.arange(G), rows)
     x = rng.uniform(0, 5, g.size)
-    data = {"g": g, "x": x, "z": rng.normal(size=g.size), "y": 1 + 0.5 * x + rng.normal(size=G)[g] + rng.normal(size=g.size)}
+    data = {
+        "g": g,
+        "x": x,
+        "z": rng.normal(size=g.size),
+        "y": 1 + 0.5 * x + rng.normal(size=G)[g] + rng.normal(size=g.size),
+    }
     if crossed:
         data["h"] = rng.integers(0, 5, g.size)
         data["y"] = data["y"] + rng.normal(size=5)[data["h"]]
     return pd.DataFrame(data)
 
 
-@pytest.mark.parametrize("formula, crossed", [("y ~ x + z + (1 + x | g)", False), ("y ~ x + (1 | g) + (1 + x | h)", True)])
+@pytest.mark.parametrize(
+    "formula, crossed", [("y ~ x + z + (1 + x | g)", False), ("y ~ x + (1 | g) + (1 + x | h)", True)]
+)
 @pytest.mark.parametrize("reml", [False, True])
 def test_padding_leaves_the_criterion_unchanged(formula, crossed, reml):
     design = build_design(parse_formula(formula), _groups(11, 4, 1, crossed))
@@ -98,8 +105,9 @@ def test_three_hundred_shapes_in_one_process_keep_memory_mappings_bounded(tmp_pa
         print(sum(1 for _ in open("/proc/self/maps")), cache.live_executables())
     """)
     env = {**os.environ, "JAXLMM_CACHE_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env,
-                         timeout=1200)
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=1200
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     maps, live = map(int, out.stdout.split()[-2:])
     assert maps < 20_000

@@ -25,8 +25,9 @@ def stars(p):
 def close(actual, desired, rtol, atol_of_scale):
     """assert_allclose with the absolute tolerance given relative to the reference's largest entry."""
     desired = np.asarray(desired, dtype=float)
-    np.testing.assert_allclose(np.asarray(actual, dtype=float), desired, rtol=rtol,
-                               atol=atol_of_scale * np.nanmax(np.abs(desired)))
+    np.testing.assert_allclose(
+        np.asarray(actual, dtype=float), desired, rtol=rtol, atol=atol_of_scale * np.nanmax(np.abs(desired))
+    )
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -62,8 +63,12 @@ def test_tidy_layout_and_values(name):
     fixed = (ref.effect == "fixed").to_numpy()
     for column, rtol in [("std.error", 3e-5), ("statistic", 3e-5), ("df", 1e-4)]:
         close(ours[column].to_numpy()[fixed], ref[column].astype(float).to_numpy()[fixed], rtol, 0)
-    np.testing.assert_allclose(np.log(ours["p.value"].to_numpy()[fixed].astype(float)),
-                               np.log(ref["p.value"].astype(float).to_numpy()[fixed]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        np.log(ours["p.value"].to_numpy()[fixed].astype(float)),
+        np.log(ref["p.value"].astype(float).to_numpy()[fixed]),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -106,8 +111,16 @@ def test_rsq(name):
 # per column: (rtol, atol).  Worst agreement: AIC/BIC/logLik/deviance 1.7e-11 relative, Chisq 3e-8 relative
 # (1.1e-9 absolute) and Pr(>Chisq) 2.7e-9 relative, all on seed2.  lme4's default optimiser stopping short
 # (deviance 163.645 for 163.533 on the seed's lmm2) is off by 7e-4 relative.
-ANOVA_TOLERANCES = {"npar": (0, 0), "Df": (0, 0), "AIC": (1e-10, 0), "BIC": (1e-10, 0), "logLik": (1e-10, 0),
-                    "deviance": (1e-10, 0), "Chisq": (1e-7, 5e-9), "Pr(>Chisq)": (1e-8, 1e-12)}
+ANOVA_TOLERANCES = {
+    "npar": (0, 0),
+    "Df": (0, 0),
+    "AIC": (1e-10, 0),
+    "BIC": (1e-10, 0),
+    "logLik": (1e-10, 0),
+    "deviance": (1e-10, 0),
+    "Chisq": (1e-7, 5e-9),
+    "Pr(>Chisq)": (1e-8, 1e-12),
+}
 
 
 @pytest.mark.parametrize("name", ANOVA_CASES)
@@ -125,8 +138,9 @@ def test_anova_matches_lme4(name):
     assert list(table.index) == list(ref.model)
     for col, (rtol, atol) in ANOVA_TOLERANCES.items():
         want = ref[col].astype(float).values
-        np.testing.assert_allclose(table[col].values.astype(float), want, rtol=rtol, atol=atol, equal_nan=True,
-                                   err_msg=col)
+        np.testing.assert_allclose(
+            table[col].values.astype(float), want, rtol=rtol, atol=atol, equal_nan=True, err_msg=col
+        )
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -145,8 +159,12 @@ def sd_cor_of_replicates(theta: np.ndarray, sigma: np.ndarray) -> dict[str, np.n
     relative factor (lme4's order), written out here from the definition Sigma = sigma^2 L L'."""
     l11, l21, l22 = theta.T
     sd0, sd1 = sigma * np.abs(l11), sigma * np.hypot(l21, l22)
-    return {"Subject:sd__(Intercept)": sd0, "Subject:cor__(Intercept).Days": sigma**2 * l11 * l21 / (sd0 * sd1),
-            "Subject:sd__Days": sd1, "Residual:sd__Observation": sigma}
+    return {
+        "Subject:sd__(Intercept)": sd0,
+        "Subject:cor__(Intercept).Days": sigma**2 * l11 * l21 / (sd0 * sd1),
+        "Subject:sd__Days": sd1,
+        "Residual:sd__Observation": sigma,
+    }
 
 
 def test_confint_boot_is_the_percentiles_of_the_bootstrap():
@@ -166,9 +184,14 @@ def test_confint_boot_is_the_percentiles_of_the_bootstrap():
     np.testing.assert_allclose(level.loc["Days"].values, np.quantile(values["Days"], [0.1, 0.9]), rtol=1e-10)
 
 
-R_BOOT_NAMES = {"sd_(Intercept)|Subject": "Subject:sd__(Intercept)", "cor_Days.(Intercept)|Subject":
-                "Subject:cor__(Intercept).Days", "sd_Days|Subject": "Subject:sd__Days",
-                "sigma": "Residual:sd__Observation", "(Intercept)": "(Intercept)", "Days": "Days"}
+R_BOOT_NAMES = {
+    "sd_(Intercept)|Subject": "Subject:sd__(Intercept)",
+    "cor_Days.(Intercept)|Subject": "Subject:cor__(Intercept).Days",
+    "sd_Days|Subject": "Subject:sd__Days",
+    "sigma": "Residual:sd__Observation",
+    "(Intercept)": "(Intercept)",
+    "Days": "Days",
+}
 
 
 def test_confint_boot_agrees_with_r():
@@ -200,8 +223,15 @@ def test_anova_refuses_different_observations():
 
 def test_summary_text_has_lmertest_sections(capsys):
     text = fitted("seed_lmm3_reml").summary()
-    for part in ["REML criterion at convergence", "Scaled residuals", "Random effects:", "Fixed effects:",
-                 "Pr(>|t|)", "Signif. codes", "Correlation of Fixed Effects"]:
+    for part in [
+        "REML criterion at convergence",
+        "Scaled residuals",
+        "Random effects:",
+        "Fixed effects:",
+        "Pr(>|t|)",
+        "Signif. codes",
+        "Correlation of Fixed Effects",
+    ]:
         assert part in text
     assert "boundary (singular) fit" in fitted("dyestuff2_reml").summary()
 
