@@ -242,7 +242,7 @@ def model_matrix(
         cols.append(np.ones(n))
         names.append("(Intercept)")
     for term, code in zip(part.terms, _coding(part, specs)):
-        term_cols, term_names = [np.ones(n)], [""]
+        term_cols, term_names = [None], [""]  # None: the empty product (no copy of a column of ones)
         for v in term:  # the first variable varies fastest, as in R
             spec = specs[v]
             if spec.is_factor:
@@ -252,11 +252,13 @@ def model_matrix(
                 v_names = [f"{v}{spec.levels[k]}" for k in levels]
             else:
                 v_cols, v_names = [frame[v].to_numpy(dtype=float)], [v]
-            term_cols = [a * b for b in v_cols for a in term_cols]
+            term_cols = [b if a is None else a * b for b in v_cols for a in term_cols]
             term_names = [f"{a}:{b}" if a else b for b in v_names for a in term_names]
         cols += term_cols
         names += term_names
-    X = np.column_stack(cols) if cols else np.zeros((n, 0))
+    X = np.empty((n, len(cols)))
+    for j, c in enumerate(cols):
+        X[:, j] = c
     return X, names
 
 
