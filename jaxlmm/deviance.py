@@ -251,9 +251,12 @@ def weighted_criterion(f: Factor, weights: jnp.ndarray) -> jnp.ndarray:
     :func:`varpar_weights` the deviance at a fixed σ: one compiled kernel (and one gradient graph) serves
     the fit and the Satterthwaite derivatives, for ML and REML alike.
     """
-    p = f.LXY.shape[0] - 1
-    r2 = f.LXY[p, p] ** 2
-    return f.logdet_M + weights[0] * logdet_RX(f) + weights[1] * jnp.log(r2) + weights[2] * r2 + weights[3]
+    return criterion_from_parts(f.logdet_M, logdet_RX(f), f.LXY[-1, -1] ** 2, weights)
+
+
+def criterion_from_parts(logdet_M, logdet_RX, r2, weights, xp=jnp):
+    """``log|M| + w₀ log|R_X|² + w₁ log r² + w₂ r² + w₃`` from its parts (``xp=np`` on the host)."""
+    return logdet_M + weights[0] * logdet_RX + weights[1] * xp.log(r2) + weights[2] * r2 + weights[3]
 
 
 def criterion(f: Factor, cp: CrossProducts, reml) -> jnp.ndarray:

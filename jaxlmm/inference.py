@@ -25,7 +25,7 @@ import numpy as np
 from .cache import bound_executables
 from .crossprod import CrossProducts
 from .design import Structure
-from .deviance import factorize, unscaled_vcov, varpar_deviance, varpar_weights
+from .deviance import factorize, residual_df, unscaled_vcov, varpar_deviance, varpar_weights
 from .kernel import evaluate
 
 POSITIVE_TOL = 1e-8  # lmerTest's tolerance for the Hessian's eigenvalues
@@ -83,7 +83,7 @@ def satterthwaite_df(
     """Denominator df for each row ``l`` of ``contrasts`` (c, p), and ``v = lᵀVl``, for one fit."""
     bound_executables()
     n, p = float(cp.n), int(cp.p)
-    nu = n - p if reml else n
+    nu = residual_df(n, p, reml, np)
     points, h = difference_points(np.asarray(theta, dtype=float), float(sigma), theta_scale)
     gradients, vcov_unscaled = [], []
     for point in points:

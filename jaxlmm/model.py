@@ -13,6 +13,7 @@ import html
 import math
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from .bootstrap import bootstrap, confint, simulate
 from .cache import bound_executables
 from .crossprod import CrossProducts
 from .design import Design, Structure, new_design_matrices, theta_precondition, theta_scale, theta_start
-from .deviance import LOG_2PI, profiled_weights
+from .deviance import criterion_from_parts, profiled_weights, residual_df
 from .errors import JaxlmmError
 from .kernel import (
     criterion_and_gradient,
@@ -61,13 +62,15 @@ def fit_result(problem: Problem, reml: bool, opt: OptSummary) -> FitResult:
     parts = evaluate(
         opt.theta, problem.cp, problem.structure, profiled_weights(n, p, reml, xp=np), theta_scale(design), extras=True
     ).parts
-    nu = n - p if reml else n
     r2 = float(parts.r2)
-    sigma = math.sqrt(r2 / nu)
+
+    def profiled(reml):
+        return float(criterion_from_parts(parts.logdet_M, parts.logdet_RX, r2, profiled_weights(n, p, reml, np), np))
+
     return FitResult(
-        params=Params(np.asarray(parts.beta)[:p], np.asarray(opt.theta), sigma),  # X's padded columns are inert
-        criterion=float(parts.logdet_M + (parts.logdet_RX if reml else 0.0) + nu * (1.0 + LOG_2PI + math.log(r2 / nu))),
-        ml_deviance=float(parts.logdet_M + n * (1.0 + LOG_2PI + math.log(r2 / n))),
+        params=Params(np.asarray(parts.beta)[:p], np.asarray(opt.theta), math.sqrt(r2 / residual_df(n, p, reml, np))),
+        criterion=profiled(reml),
+        ml_deviance=profiled(False),  # at θ̂ with σ profiled (σ² = r²/n), as lme4's deviance(m, REML = FALSE)
         vcov_unscaled=np.asarray(parts.vcov_unscaled)[:p, :p],
         modes=tuple(real_levels(design, parts.modes)),
         opt=opt,
@@ -350,10 +353,7 @@ def fit_problem(problem: Problem, reml: bool = True, control: Control | None = N
     scale = theta_scale(design)
     precondition = theta_precondition(design, scale)
     weights = profiled_weights(design.n, design.p, reml, xp=np)
-
-    def value_and_grad(theta):
-        r = evaluate(theta, cp, structure, weights, scale)
-        return float(r.f), np.asarray(r.g)
+    value_and_grad = partial(criterion_and_gradient, cp=cp, structure=structure, reml=reml, scale=scale)
 
     def search(theta, budget, rescale):
         r = criterion_search(
