@@ -267,7 +267,7 @@ def fit_responses(
     Y = np.asarray(Y)
     if not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool) or np.iscomplexobj(Y):
         raise DataError(f"responses must be numbers, not {Y.dtype}")
-    Y = Y.astype(float)
+    Y = np.asarray(Y, dtype=float)  # no copy of a float array: a first copy of a large one costs its page faults
     if Y.ndim == 1:
         Y = Y[:, None]
     if Y.ndim != 2:
@@ -276,9 +276,9 @@ def fit_responses(
         raise DataError(f"responses have {Y.shape[0]} rows; the model has {d.n} observations")
     if Y.shape[1] == 0:
         raise DataError("responses has no columns (B = 0)")
-    if not np.all(np.isfinite(Y)):
-        raise DataError("responses contain missing or infinite values")
     products = dict(zip(Y_FIELDS, response_products(Y, d.X, d.codes, d.Z, d.structure)))
+    if not np.isfinite(products["yy"]).all() and not np.isfinite(Y).all():  # Σy² is NaN or inf if some y is
+        raise DataError("responses contain missing or infinite values")
     return fit_products(
         model.problem, model.theta, products, model.reml if reml is None else reml, chunk_size, progress
     )

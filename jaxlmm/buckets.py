@@ -512,12 +512,27 @@ def _group_codes(group: tuple[str, ...], frame: dict[str, pd.Series]) -> tuple[n
     """
     values = frame[group[0]]
     if len(group) == 1 and not isinstance(values.dtype, pd.CategoricalDtype):
+        repeats = _repeated_chunk(values)
+        if repeats:  # data sets sharing one design: hash one copy of the column
+            codes, n_levels = _group_codes(group, {group[0]: values.iloc[: len(values) // repeats]})
+            return np.tile(codes, repeats), n_levels
         codes, uniques = pd.factorize(values)
         uniques = pd.Series(uniques)
         levels = factor_levels(uniques)
         return factor_codes(uniques, levels)[codes], len(levels)
     codes, levels = group_values(group, frame)
     return codes, len(levels)
+
+
+def _repeated_chunk(values: pd.Series) -> int:
+    """How many times an Arrow-backed column repeats its first chunk (the concatenation of data sets whose
+    grouping column is the same, as in simulation studies); 0 when it does not (one buffer comparison each)."""
+    chunked = getattr(values.array, "_pa_array", None)
+    if chunked is None or chunked.num_chunks < 2:
+        return 0
+    first = chunked.chunk(0)
+    same = all(len(c) == len(first) and c.equals(first) for c in chunked.iterchunks())
+    return chunked.num_chunks if same else 0
 
 
 def _residual_ratios(M: np.ndarray) -> np.ndarray:

@@ -246,3 +246,33 @@ def test_batches_of_other_sizes_reuse_the_compiled_kernels():
     loaded = cache.live_executables()
     fit = jaxlmm.fit_batch(formula, datasets=make_sets([8, 5, 6, 7, 5], seed=8), reml=True)  # same bucket
     assert fit.n_failed == 0 and cache.live_executables() == loaded
+
+
+def test_grouping_column_shared_by_every_data_set_is_coded_from_one_copy():
+    """Data sets with the same (Arrow string) grouping column: the codes from one copy, tiled, equal the codes
+    of the whole column; a data set whose column differs anywhere takes the whole-column path."""
+    groups = pd.Series(["b", "a", "c", "a", "b", "c"], dtype="string[pyarrow]")
+    same = pd.concat([groups] * 3, ignore_index=True)
+    assert buckets._repeated_chunk(same) == 3
+    codes, n = buckets._group_codes(("g",), {"g": same})
+    assert n == 3 and codes.tolist() == [1, 0, 2, 0, 1, 2] * 3
+    changed = pd.concat([groups, groups.replace("c", "d"), groups], ignore_index=True)
+    assert buckets._repeated_chunk(changed) == 0
+    codes, n = buckets._group_codes(("g",), {"g": changed})
+    assert n == 4 and codes.tolist() == [1, 0, 2, 0, 1, 2] + [1, 0, 3, 0, 1, 3] + [1, 0, 2, 0, 1, 2]
+    assert buckets._repeated_chunk(pd.Series(["a", "b"] * 3, dtype=object)) == 0  # not Arrow-backed
+
+
+def test_datasets_sharing_a_string_grouping_column_fit_as_separate_lmer_fits():
+    rng = np.random.default_rng(3)
+    base = pd.DataFrame({"g": pd.Series(np.repeat(list("pqrstu"), 5), dtype="string[pyarrow]")})
+    base["x"] = rng.normal(size=len(base))
+    sets = [
+        base.assign(y=1 + base.x + rng.normal(size=6)[np.repeat(np.arange(6), 5)] + rng.normal(size=30))
+        for _ in range(3)
+    ]
+    fits = jaxlmm.fit_batch("y ~ x + (1 | g)", datasets=sets, reml=False)
+    for k, data in enumerate(sets):
+        m = jaxlmm.lmer("y ~ x + (1 | g)", data, reml=False)
+        np.testing.assert_allclose(fits.criterion[k], m.deviance, rtol=1e-9)
+        np.testing.assert_allclose(fits.beta[k], m.fixef.to_numpy(), rtol=1e-5, atol=1e-8)
