@@ -59,7 +59,7 @@ from .deviance import profiled_deviance
 from .errors import DataError
 from .formula import Formula, parse_formula
 from .optimize import positive_inverse
-from .shapes import bucket, pad_to_bucket, padded_structure
+from .shapes import BATCH_FINE_FROM, bucket, pad_to_bucket, padded_structure
 
 ALL_BATCHED = CrossProducts(*([0] * len(CrossProducts._fields)))
 NOT_ELEMENTWISE = ("scale(",)  # functions of a whole column: evaluated per data set (per-data-set path)
@@ -581,7 +581,10 @@ def fit_stacked(
     B, p, q = stacked.AXX.shape[0], stacked.AXX.shape[-1], stacked.q
     sizes = np.unique(stacked.n_levels)
     targets = {
-        int(G): padded_structure(Structure((ReBlock(int(G), q, stacked.theta_index),), stacked.n_theta)) for G in sizes
+        int(G): padded_structure(
+            Structure((ReBlock(int(G), q, stacked.theta_index),), stacked.n_theta), BATCH_FINE_FROM
+        )
+        for G in sizes
     }  # over distinct sizes only
     padded_sizes = merged_buckets(np.array([targets[int(G)].blocks[0].n_levels for G in sizes]))
     target_G = padded_sizes[np.searchsorted(sizes, stacked.n_levels)]
@@ -718,7 +721,7 @@ def _fit_frames(
     groups: dict[tuple, list[int]] = {}
     padded = []
     for k, d in enumerate(designs):
-        cp, target = pad_to_bucket(crossproducts(d.y, d.X, d.codes, d.Z, d.structure), d.structure)
+        cp, target = pad_to_bucket(crossproducts(d.y, d.X, d.codes, d.Z, d.structure), d.structure, BATCH_FINE_FROM)
         padded.append(cp)
         groups.setdefault((target, cp.A21_val.shape[0], cp.pair_val.shape[0]), []).append(k)
     B, n_theta, p = len(designs), designs[0].structure.n_theta, len(designs[0].fixef_names)

@@ -15,8 +15,9 @@ therefore rounded up to a bucket grid and the cross-products padded:
 
 The grid is powers of two up to ``FINE_FROM`` and ``STEPS_PER_OCTAVE`` sizes per octave beyond: small
 problems share few executables (compiling costs far more than padding them), large ones pay at most
-1/8 more work in the padded dimension.  Batched refits run thousands of lanes of one shape, where run time
-outweighs a compile: their lanes use the fine grid from ``BATCH_FINE_FROM`` on.
+1/8 more work in the padded dimension.  Batched refits (of responses, or of data sets) run hundreds to
+thousands of lanes of one shape, where run time outweighs a compile: their lanes use the fine grid from
+``BATCH_FINE_FROM`` on (200 data sets of 21 groups: 22 padded levels rather than 32, 1.3x faster lanes).
 """
 
 from __future__ import annotations

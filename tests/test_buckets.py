@@ -102,9 +102,9 @@ def test_stacked_buckets_equal_pad_to_bucket(monkeypatch):
 
     monkeypatch.setattr(buckets, "_fit_bucket", capture)
     buckets.fit_stacked(stacked, reml=True)
-    assert len(seen) == 1  # 3, 5 -> 8 levels; 9, 12 -> 16; 20 -> 32: all within MERGE_RATIO of 32
-    (target,) = seen
-    assert target.blocks[0].n_levels == 32
+    assert len(seen) == 1  # the batch grid: 3, 5 -> 8 levels (the minimum); 9, 12, 20 as they are; all within
+    (target,) = seen  # MERGE_RATIO of 20
+    assert target.blocks[0].n_levels == 20
     lanes = {target: 0}
     for k, data in enumerate(sets):
         d = build_design(parsed, data)
