@@ -185,8 +185,8 @@ def r_number(text: str) -> str:
     if text.endswith("L"):
         return text
     value = float(text)
-    if value == 0:
-        return "0"
+    if value == 0 or not math.isfinite(value):
+        return "0" if value == 0 else "Inf"
     digits = next((d for d in range(1, 16) if float(f"{value:.{d - 1}e}") == value), 15)
     mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
     sci = f"{mantissa}e{'-' if int(exponent) < 0 else '+'}{abs(int(exponent)):02d}"
@@ -325,9 +325,7 @@ def _plain(function):
 
 
 def _factor(x, levels=None, ordered=False):
-    values = x.astype(object) if isinstance(x, np.ndarray) and x.dtype.kind == "b" else x
-    if isinstance(values, np.ndarray) and values.dtype.kind == "b":
-        values = np.where(values, "TRUE", "FALSE")
+    values = np.where(x, "TRUE", "FALSE") if isinstance(x, np.ndarray) and x.dtype.kind == "b" else x
     if levels is not None:
         return pd.Categorical(values, categories=list(np.atleast_1d(levels)), ordered=bool(ordered))
     if isinstance(values, pd.Categorical):
@@ -361,7 +359,7 @@ _FUNCTIONS = {
     "round": _plain(_round),
     "sign": _plain(np.sign),
     "I": _plain(lambda v: v),
-    "c": _plain(lambda *v: np.concatenate([np.atleast_1d(np.asarray(a, dtype=float)) for a in v])),
+    "c": _plain(lambda *v: np.concatenate([np.atleast_1d(np.asarray(a)) for a in v])),
     "as.numeric": _plain(lambda v: _numeric(v, "as.numeric()")),
     "as.integer": _plain(lambda v: np.trunc(_numeric(v, "as.integer()"))),
     "factor": _plain(_factor),

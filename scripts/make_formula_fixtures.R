@@ -93,7 +93,7 @@ make_case("sleep_ns", "sleepstudy", "Reaction ~ ns(Days, 3) + (1 | Subject)", sl
 make_case("sleep_bs", "sleepstudy", "Reaction ~ bs(Days, df = 5) + (Days | Subject)", sleep, factors = "Subject",
   predictions = list(list(newdata = one_row), list(newdata = grid, allow = TRUE), list(newdata = grid, re_form = NA)))
 
-make_case("sleep_ns_knots", "sleepstudy", "Reaction ~ ns(Days, knots = c(3, 6)) + (1 | Subject)", sleep,
+make_case("sleep_ns_knots", "sleepstudy", "Reaction ~ ns(Days, knots = c(2, 5)) + (1 | Subject)", sleep,
   factors = "Subject", predictions = list(list(newdata = grid, allow = TRUE)))
 
 make_case("sleep_scale", "sleepstudy", "Reaction ~ scale(Days) + (scale(Days) | Subject)", sleep,

@@ -18,6 +18,20 @@ from jaxlmm.contrasts import contr_poly, named_contrast
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = sorted(p.stem for p in (FIXTURES / "formula").glob("*.json"))
+# fits whose shapes no default-tier case compiles: the slow tier
+SLOW = {
+    "cake_helmert_sum",
+    "machines_matrix_contrast",
+    "machines_ordered_in_bar",
+    "machines_unnamed_matrix",
+    "nested_abc",
+    "orthodont_sum",
+    "sleep_poly_in_bar",
+}
+
+
+def case_param(name, *rest):
+    return pytest.param(name, *rest, marks=pytest.mark.slow) if name in SLOW else pytest.param(name, *rest)
 
 
 @cache
@@ -53,20 +67,21 @@ def fit(name: str) -> jaxlmm.LinearMixedModel:
     return jaxlmm.lmer(fx["formula"], load(fx), reml=fx["reml"], contrasts=contrasts_of(fx))
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", [case_param(name) for name in CASES])
 def test_fit_matches_lme4(name):
     fx, m = reference(name), fit(name)
     assert list(m.fixef.index) == list(np.atleast_1d(fx["fixef_names"]))
     assert m.result.criterion <= fx["criterion"] + 1e-6 * abs(fx["criterion"])
-    np.testing.assert_allclose(m.fixef.to_numpy(), fx["fixef"], rtol=1e-4, atol=1e-6 * np.abs(fx["fixef"]).max())
-    np.testing.assert_allclose(m.theta, fx["theta"], rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(np.sqrt(np.diag(m.vcov)), fx["se"], rtol=1e-3)
+    # agreement reached: estimates 1e-8 relative or better, theta 2e-6, SEs 3e-7 (issue 14 asks 1e-4 and 1e-3)
+    np.testing.assert_allclose(m.fixef.to_numpy(), fx["fixef"], rtol=1e-6, atol=1e-9 * np.abs(fx["fixef"]).max())
+    np.testing.assert_allclose(m.theta, fx["theta"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.sqrt(np.diag(m.vcov)), fx["se"], rtol=1e-5)
     assert m.ngroups == fx["ngrps"]
     assert list(m.varcorr.grp) == fx["varcorr_grp"]
 
 
 def prediction_cases():
-    return [(name, k) for name in CASES for k in range(len(reference(name)["predictions"]))]
+    return [case_param(name, k) for name in CASES for k in range(len(reference(name)["predictions"]))]
 
 
 @pytest.mark.parametrize("name, k", prediction_cases())
@@ -75,7 +90,7 @@ def test_predict_matches_lme4(name, k):
     newdata = pd.DataFrame(p["newdata"])
     re_form = None if p["re_form"] == "NULL" else p["re_form"]
     got = fit(name).predict(newdata, re_form=re_form, allow_new_levels=p["allow_new_levels"])
-    np.testing.assert_allclose(got, p["values"], rtol=1e-4)
+    np.testing.assert_allclose(got, p["values"], rtol=1e-6)  # agreement reached: 3e-8 (issue 14 asks 1e-4)
 
 
 def test_unseen_level_is_an_error_naming_it():
@@ -115,7 +130,7 @@ def test_one_row_predictions_equal_the_same_rows_among_many():
 
 def test_centring_uses_the_training_mean():
     data = load(reference("sleep_ns"))
-    m = jaxlmm.lmer("Reaction ~ I(Days - mean(Days)) + (1 | Subject)", data)
+    m = jaxlmm.lmer("Reaction ~ I(Days - mean(Days)) + (I(Days - mean(Days)) | Subject)", data)
     assert list(m.fixef.index) == ["(Intercept)", "I(Days - mean(Days))"]
     got = m.predict(pd.DataFrame({"Days": [3.0]}), re_form="NA")
     np.testing.assert_allclose(got, m.fixef.iloc[0] + m.fixef.iloc[1] * (3.0 - data.Days.mean()), rtol=1e-12)
@@ -193,3 +208,24 @@ def test_bases_equal_rs_printed_values():
     np.testing.assert_allclose(B.sum(axis=1), 1.0)
     np.testing.assert_allclose(B[1, 1:4], [0.60905350, 0.09053498, 0.004115226], rtol=1e-7)
     np.testing.assert_allclose(B[3, 1:], [0.01646091, 0.16460905, 0.522633745, 0.2962963], rtol=1e-6)
+
+
+def test_r_expressions_follow_rs_precedence_and_deparse():
+    from jaxlmm.expressions import deparse, evaluate_expression, parse_expression
+
+    data = pd.DataFrame({"a": [2.0, 3.0], "b": [4.0, 5.0], "g": ["u", "v"]})
+
+    def value(text):
+        return evaluate_expression(parse_expression(text), data)[0]
+
+    np.testing.assert_array_equal(value("a * b %% 3"), [2.0, 6.0])  # %% binds tighter than *
+    np.testing.assert_array_equal(value("-a^2"), [-4.0, -9.0])  # ^ binds tighter than unary minus
+    np.testing.assert_array_equal(value("a > 2 & b < 6"), [False, True])
+    np.testing.assert_array_equal(value("-7 %/% a"), [-4.0, -3.0])  # floor division, as R
+    np.testing.assert_array_equal(value('g == "v"'), [False, True])
+    # R's deparse(quote(...)) of the same expressions
+    assert deparse(parse_expression("f(x,2,raw=TRUE, z=1e5, w=0.50, v=1e-8, q=c(1, 2))")) == (
+        "f(x, 2, raw = TRUE, z = 1e+05, w = 0.5, v = 1e-08, q = c(1, 2))"
+    )
+    assert deparse(parse_expression("I(-x^2 + (a*b)/c)")) == "I(-x^2 + (a * b)/c)"
+    assert deparse(parse_expression("I(a %in% b + a%/%b + 123456 + 0.001)")) == "I(a %in% b + a%/%b + 123456 + 0.001)"
