@@ -313,6 +313,8 @@ def _scale(ev: Evaluation, x, center=True, scale=True):
 
 
 def _summary(function):
+    """A summary of the training values (missing values left out, as ``na.rm = TRUE``), kept for new data."""
+
     def call(ev: Evaluation, x, *rest, **kwargs):
         x = _numeric(x, "a summary")
         return ev.state(lambda v: float(function(v)), x)
@@ -389,7 +391,8 @@ def _eval(node: Node, ev: Evaluation):
     if kind == "name":
         name = node.value
         if name in ev.data.columns:
-            return ev.data[name].to_numpy()
+            column = ev.data[name]
+            return column.array if isinstance(column.dtype, pd.CategoricalDtype) else column.to_numpy()
         if name in _CONSTANTS:
             return _CONSTANTS[name]
         raise DataError(f"unknown column {name!r} (columns are: {', '.join(map(str, ev.data.columns))})")
