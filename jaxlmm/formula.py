@@ -6,8 +6,9 @@ fixed part is a list of R terms (``x``, ``f``, ``x:f``) and whose random part is
 ``a`` and ``b:a`` (lme4's ``findbars``/``expandDoubleVerts``/``expandSlash``).
 
 Operators follow R's ``terms.formula``: ``+``, ``-``, ``*``, ``:``, ``/``, ``^``, ``0``/``1``/``-1``.
-A variable is a column name, a backquoted name or a call such as ``log(x)`` or ``I(x^2)`` whose
-text is evaluated later by the design stage.  Terms are sorted by order (main effects first) and
+A variable is a column name, a backquoted name (kept quoted when not syntactic, as R's term labels) or a
+call such as ``log(x)`` or ``poly(x, 2)``, parsed as an R expression (:mod:`jaxlmm.expressions`) and
+named by R's deparse of it; the design stage evaluates it.  Terms are sorted by order (main effects first) and
 keep their order of appearance within an order, as R does.
 """
 
