@@ -23,7 +23,9 @@ from .power import power, power_curve
 __all__ = ["PBTest", "anova", "fit_batch", "lmer", "pbtest", "power", "power_curve"]
 
 
-def lmer(formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 2000) -> LinearMixedModel:
+def lmer(
+    formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 2000, contrasts: dict | None = None
+) -> LinearMixedModel:
     """Fit a linear mixed model given by an lme4 formula, by REML (default) or ML.
 
     ``max_iter`` bounds the optimiser's iterations per stage (lme4's ``lmerControl(optCtrl = list(maxfun
@@ -32,12 +34,17 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 20
     :class:`~jaxlmm.model.ConvergenceWarning` ("Model failed to converge: ...", as lme4 does) and
     ``m.converged`` is False.  Input problems raise a :class:`~jaxlmm.errors.JaxlmmError` before any JAX
     work (see :func:`~jaxlmm.design.build_design`).
+
+    ``contrasts`` codes factors of the fixed effects as lme4's ``contrasts = list(f = "contr.sum")``:
+    ``{"f": "contr.sum" | "contr.helmert" | "contr.poly" | "contr.treatment" | matrix}`` (a matrix has a
+    row per level; a DataFrame's column names name the columns).  Without it, R's defaults apply:
+    ``contr.treatment``, and ``contr.poly`` for an ordered ``pd.Categorical``.
     """
     if not isinstance(reml, (bool, np.bool_)):
         raise JaxlmmError(f"reml must be True or False, not {reml!r}")
     if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
         raise JaxlmmError(f"max_iter must be a positive integer, not {max_iter!r}")
-    design = build_design(parse_formula(formula), data)
+    design = build_design(parse_formula(formula), data, contrasts)
     return fit_design(design, reml=bool(reml), control=Control(max_iter=int(max_iter)))
 
 

@@ -48,12 +48,14 @@ from .design import (
     factor_codes,
     factor_levels,
     group_values,
+    has_data_statistics,
     independent_columns,
     is_factor,
     model_matrix,
     theta_scale,
     theta_start,
     used_as_covariate,
+    variable_spec,
 )
 from .deviance import profiled_deviance
 from .errors import DataError
@@ -284,9 +286,14 @@ def stack_designs(parsed: Formula, long: pd.DataFrame, ids: np.ndarray, B: int, 
     n_rows = np.bincount(ids, minlength=B)
     resp = parsed.response
     raw = {}
+    if has_data_statistics(parsed):  # scale(x), poly(x, 2), ...: each data set's own statistics
+        return None
     for v in parsed.variables:
         role = "response" if v == resp else "covariate" if used_as_covariate(v, parsed) else "grouping"
-        raw[v] = clean_column(v, evaluate(v, long), role)
+        values = evaluate(v, long)[0]
+        if isinstance(values, pd.DataFrame):  # a matrix variable (raw poly): the per-data-set path
+            return None
+        raw[v] = clean_column(v, values, role)
 
     # rows with a missing value in a used column are dropped, per data set
     missing = {v: pd.isna(values).to_numpy() for v, values in raw.items()}
@@ -317,7 +324,7 @@ def stack_designs(parsed: Formula, long: pd.DataFrame, ids: np.ndarray, B: int, 
         if v == resp or (v in group_vars and not used_as_covariate(v, parsed)):
             continue
         if is_factor(values):
-            specs[v] = VariableSpec(v, factor_levels(values))
+            specs[v] = variable_spec(v, values)
             L = len(specs[v].levels)
             present = np.bincount(ids * L + factor_codes(values, specs[v].levels), minlength=B * L)
             if not present.reshape(B, L).all():  # a level absent from a data set: its X has other columns

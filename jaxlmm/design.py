@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
-from .formula import Formula, ModelPart
+from .contrasts import Contrast, default_contrast, user_contrast
+from .errors import DataError, JaxlmmError
+from .expressions import evaluate_expression, parse_expression, uses_data_statistics
+from .formula import Formula, ModelPart, RandomTerm, parse_formula
 
 # --------------------------------------------------------------------------- static structure
 
@@ -100,84 +102,86 @@ class ReTerm:
 
 @dataclass(frozen=True)
 class VariableSpec:
-    """How a variable is coded: numeric, or a factor with its levels."""
+    """How a variable is coded: numeric (one column, or a matrix such as ``poly(x, 2)`` with ``columns``
+    naming its columns), or a factor with its levels, coded in the fixed effects by ``contrast`` (the
+    ``contrasts=`` argument's) or else R's default (``contr.poly`` for an ordered factor, else
+    ``contr.treatment``).  Random-effects terms use R's default (lme4 builds them without ``contrasts=``)."""
 
     name: str
     levels: tuple[str, ...] | None = None  # None for numeric
+    ordered: bool = False
+    contrast: Contrast | None = None
+    columns: tuple[str, ...] | None = None  # a matrix variable's column names
 
     @property
     def is_factor(self) -> bool:
         return self.levels is not None
 
-
-_FUNCTIONS = {
-    "log": np.log,
-    "log2": np.log2,
-    "log10": np.log10,
-    "log1p": np.log1p,
-    "exp": np.exp,
-    "sqrt": np.sqrt,
-    "abs": np.abs,
-    "sin": np.sin,
-    "cos": np.cos,
-    "tan": np.tan,
-    "I": lambda v: v,
-    "pi": np.pi,
-    "as.numeric": lambda v: np.asarray(v, dtype=float),
-    "factor": lambda v: pd.Categorical(v),
-    "as.factor": lambda v: pd.Categorical(v),
-    "scale": lambda v: (v - np.mean(v)) / np.std(v, ddof=1),
-}
+    def coding(self, fixed: bool) -> Contrast:
+        """The contrast of a factor in the fixed effects (``fixed``) or in a random-effects term."""
+        if fixed and self.contrast is not None:
+            return self.contrast
+        return default_contrast(self.levels, self.ordered)
 
 
-class _Namespace(dict):
-    def __init__(self, data: pd.DataFrame):
-        super().__init__()
-        self.data = data
-
-    def __missing__(self, key):
-        if key in self.data.columns:
-            return self.data[key].to_numpy()
-        if key in _FUNCTIONS:
-            return _FUNCTIONS[key]
-        raise DataError(f"unknown column {key!r} (columns are: {', '.join(map(str, self.data.columns))})")
-
-
-def evaluate(name: str, data: pd.DataFrame) -> pd.Series:
-    """A variable's values: a column, or an expression such as ``log(x)`` or ``I(x^2)``."""
+def evaluate(name: str, data: pd.DataFrame, fitted: tuple | None = None) -> tuple[pd.Series | pd.DataFrame, tuple]:
+    """A variable's values and the states of its data-dependent calls (:mod:`jaxlmm.expressions`): a
+    column, or an R expression such as ``log(x)``, ``I(x^2)``, ``factor(g %% 3)`` or ``poly(x, 2)``.  A
+    matrix (``poly``, ``ns``, ``bs``) is a DataFrame with R's column names ``1``, ``2``, ...; ``fitted``
+    (the states of the training data) evaluates on new data with the training statistics."""
     if name in data.columns:
-        return data[name]
-    if "(" not in name:
-        raise DataError(f"unknown column {name!r} (columns are: {', '.join(map(str, data.columns))})")
+        return data[name], ()
     if "__" in name:
         raise DataError(f"cannot evaluate {name!r}: names with '__' are not allowed in a formula")
-    code = name.replace("^", "**").replace("`", "")
-    code = code.replace("as.numeric(", "as_numeric(").replace("as.factor(", "as_factor(")
-    ns = _Namespace(data)
-    ns.update(as_numeric=_FUNCTIONS["as.numeric"], as_factor=_FUNCTIONS["as.factor"])
     try:
-        with np.errstate(all="ignore"):
-            value = eval(compile(code, "<formula>", "eval"), {"__builtins__": {}}, ns)
-    except DataError:
-        raise
+        node = parse_expression(name)
+    except JaxlmmError as exc:
+        raise DataError(f"cannot evaluate {name!r}: {exc}") from None
+    if node.kind == "name" and node.value not in data.columns:
+        raise DataError(f"unknown column {node.value!r} (columns are: {', '.join(map(str, data.columns))})")
+    try:
+        value, states = evaluate_expression(node, data, fitted)
+    except DataError as exc:
+        raise DataError(f"cannot evaluate {name!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any failure of a user expression is a data error
         raise DataError(f"cannot evaluate {name!r}: {exc}") from None
     if np.ndim(value) == 0:
         value = np.full(len(data), value)
-    if np.ndim(value) != 1 or len(value) != len(data):
+    if np.ndim(value) == 2 and np.shape(value)[1] == 1:  # R names a one-column matrix by the variable alone
+        value = np.asarray(value)[:, 0]
+    if np.ndim(value) not in (1, 2) or len(value) != len(data):
         raise DataError(f"{name!r} does not evaluate to one value per row (shape {np.shape(value)}, {len(data)} rows)")
-    out = pd.Series(value, index=data.index, name=name)
-    n_new = int(pd.isna(out).sum()) - max((int(pd.isna(data[c]).sum()) for c in data.columns if c in name), default=0)
+    if np.ndim(value) == 2:
+        out = pd.DataFrame(np.asarray(value), index=data.index, columns=[str(j + 1) for j in range(value.shape[1])])
+        n_missing = int(out.isna().any(axis=1).sum())
+    else:
+        out = pd.Series(value, index=data.index, name=name)
+        n_missing = int(pd.isna(out).sum())
+    n_new = n_missing - max((int(pd.isna(data[c]).sum()) for c in data.columns if c in name), default=0)
     if n_new > 0:  # R: "NaNs produced", then na.omit drops the rows
         warnings.warn(
             f"{name!r} is NaN/missing in {n_new} rows (e.g. log of a negative number): those rows are dropped",
             UserWarning,
             stacklevel=4,
         )
-    return out
+    return out, states
 
 
-def is_factor(values: pd.Series) -> bool:
+def has_data_statistics(formula: Formula) -> bool:
+    """Whether a variable of the formula depends on statistics of all rows (``scale``, ``poly``, ...)."""
+    for v in formula.variables:
+        try:
+            node = parse_expression(v)
+        except JaxlmmError:
+            continue
+        if uses_data_statistics(node):
+            return True
+    return False
+
+
+def is_factor(values: pd.Series | pd.DataFrame) -> bool:
+    if isinstance(values, pd.DataFrame):  # a numeric matrix (poly, ns, bs)
+        return False
     return not (pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values))
 
 
@@ -232,9 +236,13 @@ def _coding(part: ModelPart, specs: dict[str, VariableSpec]) -> list[dict[str, i
 
 
 def model_matrix(
-    part: ModelPart, frame: dict[str, pd.Series], specs: dict[str, VariableSpec]
+    part: ModelPart, frame: dict[str, pd.Series], specs: dict[str, VariableSpec], fixed: bool = True
 ) -> tuple[np.ndarray, list[str]]:
-    """R's ``model.matrix`` with treatment contrasts: columns and R-style names."""
+    """R's ``model.matrix``: columns and R's names.  A factor is coded by its contrast (``fixed``: the
+    fixed effects' contrasts, else R's defaults, as lme4 codes random-effects terms) or, where R's
+    TermCode asks for it (a factor in an interaction without its main effect, or the first factor of a
+    model without intercept), by an indicator column per level; a matrix variable gives one column per
+    column (``poly(x, 2)1``, ``poly(x, 2)2``)."""
     n = len(next(iter(frame.values()))) if frame else 0
     cols: list[np.ndarray] = []
     names: list[str] = []
@@ -247,9 +255,17 @@ def model_matrix(
             spec = specs[v]
             if spec.is_factor:
                 codes = factor_codes(frame[v], spec.levels)
-                levels = range(1 if code[v] == 1 else 0, len(spec.levels))
-                v_cols = [(codes == k).astype(float) for k in levels]
-                v_names = [f"{v}{spec.levels[k]}" for k in levels]
+                if code[v] == 1:
+                    contrast = spec.coding(fixed)
+                    values = contrast.array[np.maximum(codes, 0)]
+                    v_cols = [values[:, j] for j in range(values.shape[1])]
+                    v_names = [f"{v}{suffix}" for suffix in contrast.suffixes]
+                else:
+                    v_cols = [(codes == k).astype(float) for k in range(len(spec.levels))]
+                    v_names = [f"{v}{level}" for level in spec.levels]
+            elif spec.columns is not None:
+                values = frame[v].to_numpy(dtype=float)
+                v_cols, v_names = [values[:, j] for j in range(values.shape[1])], [f"{v}{c}" for c in spec.columns]
             else:
                 v_cols, v_names = [frame[v].to_numpy(dtype=float)], [v]
             term_cols = [b if a is None else a * b for b in v_cols for a in term_cols]
@@ -303,6 +319,8 @@ class Design:
     rows: pd.Index  # index labels of the rows used
     n_dropped: int = 0  # rows dropped for missing values
     dropped_fixef: list[str] = field(default_factory=list)  # aliased X columns dropped
+    transforms: dict[str, tuple] = field(default_factory=dict)  # variable -> its data-dependent calls' states
+    contrasts: dict | None = None  # the contrasts= argument
 
     @property
     def n(self) -> int:
@@ -445,7 +463,7 @@ class BarTerm:
         return len(self.levels)
 
 
-def build_design(formula: Formula, data: pd.DataFrame) -> Design:
+def build_design(formula: Formula, data: pd.DataFrame, contrasts: dict | None = None) -> Design:
     """lme4's ``lFormula``: the response, X, the random-effects terms and theta's layout, in stages:
     :func:`model_frame` (used columns, complete rows) → :func:`response` → :func:`variable_specs` →
     :func:`fixed_effects` (X, aliased columns dropped) → :func:`bar_terms` (Z and grouping factor per bar,
@@ -462,10 +480,14 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
     columns of X that are linear combinations of earlier ones are dropped, with a warning naming them
     ("fixed-effect model matrix is rank deficient so dropping k columns / coefficients"), and the model is
     fitted without them; ``Design.dropped_fixef`` lists them.
+
+    ``contrasts`` maps factors of the fixed effects to a contrast (:mod:`jaxlmm.contrasts`), as lme4's
+    ``lmer(..., contrasts = list(f = "contr.sum"))``.
     """
-    frame, rows, n_dropped = model_frame(formula, data)
+    transforms: dict[str, tuple] = {}
+    frame, rows, n_dropped = model_frame(formula, data, transforms)
     y = response(formula, frame)
-    specs = variable_specs(formula, frame)
+    specs = variable_specs(formula, frame, contrasts)
     X, names, dropped = fixed_effects(formula, frame, specs, y)
     terms, structure, group_names, group_levels, codes, Z = assemble_blocks(bar_terms(formula, frame, specs, len(y)))
     return Design(
@@ -483,12 +505,18 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
         rows=rows,
         n_dropped=n_dropped,
         dropped_fixef=dropped,
+        transforms=transforms,
+        contrasts=contrasts,
     )
 
 
-def model_frame(formula: Formula, data: pd.DataFrame) -> tuple[dict[str, pd.Series], pd.Index, int]:
+def model_frame(
+    formula: Formula, data: pd.DataFrame, transforms: dict[str, tuple] | None = None
+) -> tuple[dict[str, pd.Series], pd.Index, int]:
     """The used variables, checked for their role, on the complete rows (R's ``na.omit``): the frame, the
-    index labels of the rows kept, and the number dropped."""
+    index labels of the rows kept, and the number dropped.  Data-dependent calls (``scale``, ``poly``, ...)
+    are evaluated on all rows, as R's ``model.frame`` does, and their states are put in ``transforms``
+    (variable -> states) for predictions."""
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
     if formula.response is None:
@@ -503,8 +531,11 @@ def model_frame(formula: Formula, data: pd.DataFrame) -> tuple[dict[str, pd.Seri
     raw = {}
     for v in formula.variables:
         role = "response" if v == formula.response else "covariate" if used_as_covariate(v, formula) else "grouping"
-        raw[v] = clean_column(v, evaluate(v, data), role)
-    missing = {v: pd.isna(values).to_numpy() for v, values in raw.items()}
+        values, states = evaluate(v, data)
+        if states and transforms is not None:
+            transforms[v] = states
+        raw[v] = values if isinstance(values, pd.DataFrame) else clean_column(v, values, role)
+    missing = {v: _missing_rows(values) for v, values in raw.items()}
     empty = [v for v, m in missing.items() if m.all()]
     if empty:
         raise DataError(
@@ -523,6 +554,11 @@ def model_frame(formula: Formula, data: pd.DataFrame) -> tuple[dict[str, pd.Seri
     return frame, data.index[complete], int((~complete).sum())
 
 
+def _missing_rows(values: pd.Series | pd.DataFrame) -> np.ndarray:
+    missing = pd.isna(values).to_numpy()
+    return missing.any(axis=1) if missing.ndim == 2 else missing
+
+
 def response(formula: Formula, frame: dict[str, pd.Series]) -> np.ndarray:
     """The response as floats: numeric, finite and not constant."""
     values = frame[formula.response]
@@ -537,19 +573,54 @@ def response(formula: Formula, frame: dict[str, pd.Series]) -> np.ndarray:
     return y
 
 
-def variable_specs(formula: Formula, frame: dict[str, pd.Series]) -> dict[str, VariableSpec]:
-    """How each covariate is coded: a factor with its levels, or a (checked) number."""
+def variable_specs(
+    formula: Formula, frame: dict[str, pd.Series], contrasts: dict | None = None
+) -> dict[str, VariableSpec]:
+    """How each covariate is coded: a factor with its levels (and its ``contrasts=`` entry), a matrix
+    (``poly``, ``ns``, ``bs``), or a (checked) number."""
     group_vars = {v for r in formula.random for v in r.group}
+    contrasts = check_contrasts(formula, frame, contrasts)
     specs: dict[str, VariableSpec] = {}
     for v, values in frame.items():
         if v == formula.response or (v in group_vars and not used_as_covariate(v, formula)):
             continue
-        if is_factor(values):
-            specs[v] = VariableSpec(v, factor_levels(values))
-        else:
+        if not is_factor(values):
             check_numeric(v, values)
-            specs[v] = VariableSpec(v)
+        specs[v] = variable_spec(v, values, contrasts.get(v))
     return specs
+
+
+def variable_spec(name: str, values: pd.Series | pd.DataFrame, contrast=None) -> VariableSpec:
+    """One covariate's :class:`VariableSpec`; ``contrast`` is its ``contrasts=`` entry (a name or a matrix)."""
+    if isinstance(values, pd.DataFrame):
+        return VariableSpec(name, columns=tuple(values.columns))
+    if not is_factor(values):
+        return VariableSpec(name)
+    levels = factor_levels(values)
+    ordered = isinstance(values.dtype, pd.CategoricalDtype) and bool(values.cat.ordered)
+    return VariableSpec(name, levels, ordered, None if contrast is None else user_contrast(name, contrast, levels))
+
+
+def check_contrasts(formula: Formula, frame: dict[str, pd.Series], contrasts: dict | None) -> dict:
+    """``contrasts=`` keyed by the formula's variables (a key may be written with or without R's
+    backquotes); every key must be a factor of the fixed effects (R: "contrasts apply only to factors")."""
+    if contrasts is None:
+        return {}
+    if not isinstance(contrasts, dict):
+        raise DataError(f"contrasts must be a dict such as {{'f': 'contr.sum'}}, not {type(contrasts).__name__}")
+    fixed_vars = {v for t in formula.fixed.terms for v in t}
+    out = {}
+    for key, value in contrasts.items():
+        name = next((v for v in fixed_vars if v == key or v == f"`{key}`"), None)
+        if name is None:
+            raise DataError(
+                f"contrasts names {key!r}, which is not a variable of the fixed effects "
+                f"({', '.join(sorted(fixed_vars)) or 'none'})"
+            )
+        if not is_factor(frame[name]):
+            raise DataError(f"contrasts apply only to factors; {key!r} is numeric")
+        out[name] = value
+    return out
 
 
 def fixed_effects(
@@ -588,7 +659,7 @@ def bar_terms(formula: Formula, frame: dict[str, pd.Series], specs: dict[str, Va
     lme4's order (``mkReTrms``: decreasing number of levels, ``rev(order(nl))``, when not already so)."""
     bars = []
     for k, bar in enumerate(formula.random):
-        Zt, cols = model_matrix(bar.effects, frame, specs)
+        Zt, cols = model_matrix(bar.effects, frame, specs, fixed=False)
         codes, levels = group_values(bar.group, frame)
         nlev = len(levels)
         if nlev < 2:
@@ -652,31 +723,92 @@ def used_as_covariate(v: str, formula: Formula) -> bool:
     return any(v in t for part in parts for t in part.terms)
 
 
-def new_design_matrices(design: Design, data: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """X, per-block Z and per-block level codes (-1 = unseen level) for new data, coded as the fit was."""
+def new_design_matrices(
+    design: Design, data: pd.DataFrame, bars: set[int] | None = None, allow_new_levels: bool = False
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """X, per-block Z and per-block level codes for new data, coded as the fit was (lme4's ``predict``).
+
+    Every data-dependent call (``scale``, ``poly``, ``ns``, ``bs``, ``mean``, ...) is evaluated with the
+    training data's states (R's ``makepredictcall``), so any number of rows, one included, is coded as the
+    fitted rows were.  ``bars`` are the formula's random-effects terms to include (None: all); the Z
+    columns of the others are 0 and their variables need not be in ``data``.  A factor level not in the
+    fit is an error naming it; so is a grouping level, unless ``allow_new_levels`` (code -1: its random
+    effects are 0, lme4's ``allow.new.levels = TRUE``).
+    """
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"newdata must be a pandas DataFrame, not {type(data).__name__}")
     formula = design.formula
-    needed = [v for v in formula.variables if v != formula.response]
-    frame = {v: evaluate(v, data).reset_index(drop=True) for v in needed}
-    for v, values in frame.items():
-        if pd.isna(values).any():
+    used = [k for k in range(len(formula.random)) if bars is None or k in bars]
+    parts = [formula.fixed] + [formula.random[k].effects for k in used]
+    needed = [v for part in parts for t in part.terms for v in t] + [v for k in used for v in formula.random[k].group]
+    frame = {}
+    for v in dict.fromkeys(needed):
+        values = evaluate(v, data, design.transforms.get(v))[0].reset_index(drop=True)
+        if _missing_rows(values).any():
             raise DataError(f"column {v!r} of newdata has missing values")
         spec = design.specs.get(v)
         if spec is not None and spec.is_factor:
-            unseen = set(factor_codes(values, spec.levels).tolist()) & {-1}
-            if unseen:
-                raise DataError(f"column {v!r} of newdata has levels not in the fitted data")
+            unseen = values[factor_codes(values, spec.levels) < 0]
+            if len(unseen):
+                raise DataError(
+                    f"factor {v!r} of newdata has levels not in the fitted data: "
+                    + ", ".join(map(repr, sorted(set(map(_level_label, unseen)))[:5]))
+                )
+        frame[v] = values
     X_all, names = model_matrix(formula.fixed, frame, design.specs)
     X = X_all[:, [names.index(nm) for nm in design.fixef_names]]
-    Z = [np.zeros((len(data), b.q)) for b in design.structure.blocks]
-    codes = [np.full(len(data), -1, dtype=np.int64) for _ in design.structure.blocks]
+    n = len(data)
+    Z = [np.zeros((n, b.q)) for b in design.structure.blocks]
+    codes = [np.full(n, -1, dtype=np.int64) for _ in design.structure.blocks]
     for term in design.terms:
+        if term.bar not in used:
+            continue
         bar = formula.random[term.bar]
-        Zt, _ = model_matrix(bar.effects, frame, design.specs)
+        Zt, _ = model_matrix(bar.effects, frame, design.specs, fixed=False)
         k = term.block
         Z[k][:, list(term.block_columns)] = Zt
         group_codes, levels = group_values(bar.group, frame)
-        codes[k] = factor_codes(pd.Series(np.asarray(levels, dtype=object)[group_codes]), design.group_levels[k])
+        labels = np.asarray(levels, dtype=object)[group_codes]
+        codes[k] = factor_codes(pd.Series(labels), design.group_levels[k])
+        if not allow_new_levels and (codes[k] < 0).any():
+            new = list(dict.fromkeys(labels[codes[k] < 0]))
+            raise DataError(
+                f"new levels detected in newdata for grouping factor {bar.group_name!r}: "
+                + ", ".join(map(str, new[:5]))
+                + (", ..." if len(new) > 5 else "")
+                + " (allow_new_levels=True predicts them with random effects 0)"
+            )
     return X, Z, codes
+
+
+def random_terms_of(design: Design, re_form: str | None) -> set[int] | None:
+    """The formula's random-effects terms (bar indices) a ``re_form`` keeps (lme4's ``re.form``): None
+    for all of them (``re_form=None``); none for ``"NA"`` or ``"~0"``; the terms of a formula such as
+    ``"~(1 | Subject)"``, each of which must be a term of the model."""
+    if re_form is None:
+        return None
+    if not isinstance(re_form, str):
+        raise DataError(f"re_form must be None, 'NA', '~0' or a formula of random-effects terms, not {re_form!r}")
+    if re_form.strip() == "NA":
+        return set()
+    parsed = parse_formula(re_form)
+    if parsed.response is not None:
+        raise DataError(f"re_form {re_form!r} must be one-sided, such as '~(1 | g)'")
+    keep = set()
+    for term in parsed.random:
+        match = [k for k, r in enumerate(design.formula.random) if r == term]
+        if not match:
+            raise DataError(
+                f"re_form {re_form!r} has a random-effects term not in the model ({_bar_text(term)}); the "
+                f"model's are: {', '.join(_bar_text(r) for r in design.formula.random)}"
+            )
+        keep.update(match)
+    return keep
+
+
+def _bar_text(term: RandomTerm) -> str:
+    effects = (["1"] if term.effects.intercept else ["0"]) + [":".join(t) for t in term.effects.terms]
+    return f"({' + '.join(effects)} | {term.group_name})"
 
 
 def theta_scale(design: Design) -> np.ndarray:

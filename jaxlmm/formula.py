@@ -6,8 +6,9 @@ fixed part is a list of R terms (``x``, ``f``, ``x:f``) and whose random part is
 ``a`` and ``b:a`` (lme4's ``findbars``/``expandDoubleVerts``/``expandSlash``).
 
 Operators follow R's ``terms.formula``: ``+``, ``-``, ``*``, ``:``, ``/``, ``^``, ``0``/``1``/``-1``.
-A variable is a column name, a backquoted name or a call such as ``log(x)`` or ``I(x^2)`` whose
-text is evaluated later by the design stage.  Terms are sorted by order (main effects first) and
+A variable is a column name, a backquoted name (kept quoted when not syntactic, as R's term labels) or a
+call such as ``log(x)`` or ``poly(x, 2)``, parsed as an R expression (:mod:`jaxlmm.expressions`) and
+named by R's deparse of it; the design stage evaluates it.  Terms are sorted by order (main effects first) and
 keep their order of appearance within an order, as R does.
 """
 
@@ -16,9 +17,10 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import FormulaError
+from .expressions import deparse, parse_expression, r_name
 
 Term = tuple[str, ...]  # the variables of one term, in order of first appearance in the formula
 
@@ -33,14 +35,23 @@ class ModelPart:
 
 @dataclass(frozen=True)
 class RandomTerm:
-    """One bar ``(effects | group)``; ``group`` holds the variables whose interaction is the factor."""
+    """One bar ``(effects | group)``; ``group`` holds the variables whose interaction is the factor.
+
+    ``label`` is lme4's name of the grouping factor where it is not the variables joined by ``:``: a
+    nested factor of ``a/b/c`` is ``c:(b:a)``; names are unquoted (lme4's ``ngrps`` gives ``my g``).
+    """
 
     effects: ModelPart
     group: Term
+    label: str = field(default="", compare=False)
 
     @property
     def group_name(self) -> str:
-        return ":".join(self.group)
+        return self.label or ":".join(_unquote(v) for v in self.group)
+
+
+def _unquote(name: str) -> str:
+    return name[1:-1] if name.startswith("`") and name.endswith("`") else name
 
 
 @dataclass(frozen=True)
@@ -93,14 +104,17 @@ def _tokenize(text: str) -> list[_Tok]:
                 j += 1
             if j < len(text) and text[j] == "(" and not tok.startswith("`"):
                 end = _matching_paren(text, j)
-                inner = " ".join(text[j + 1 : end].split())
-                if not inner:
+                if not text[j + 1 : end].strip():
                     raise FormulaError(f"empty call {tok}()", text, j)
-                toks.append(_Tok("call", f"{tok}({inner})", start))
+                try:  # R's name of a call is its deparsed text: poly(x,2) -> poly(x, 2)
+                    call = deparse(parse_expression(text[start : end + 1], offset=start))
+                except FormulaError as err:
+                    raise FormulaError(str(err), text, err.position) from None
+                toks.append(_Tok("call", call, start))
                 i = end + 1
                 continue
-            if tok.startswith("`"):
-                tok = tok[1:-1]
+            if tok.startswith("`"):  # R's term label keeps the quotes of a name that is not syntactic
+                tok = r_name(tok[1:-1])
         toks.append(_Tok(kind, tok, start))
     toks.append(_Tok("end", "", len(text)))
     return toks
@@ -303,22 +317,25 @@ def _is_bar(node) -> bool:
     return node[0] == "paren" and node[1][0] == "bin" and node[1][1] in ("|", "||")
 
 
-def _grouping_terms(node, ex: _Expander) -> list[Term]:
-    """``g`` -> [g]; ``a:b`` -> [a:b]; ``a/b`` -> [a, b:a] (lme4's expandSlash puts the inner factor first)."""
+def _grouping_terms(node, ex: _Expander) -> list[tuple[Term, str]]:
+    """``g`` -> [g]; ``a:b`` -> [a:b]; ``a/b`` -> [a, b:a] (lme4's expandSlash puts the inner factor first),
+    each with lme4's name: ``a/b/c`` gives ``a``, ``b:a`` and ``c:(b:a)``."""
     kind = node[0]
     if kind == "var":
-        return [(ex.var(node[1]),)]
+        return [((ex.var(node[1]),), _unquote(node[1]))]
     if kind == "paren":
         return _grouping_terms(node[1], ex)
     if kind == "bin" and node[1] == ":":
         left, right = _grouping_terms(node[2], ex), _grouping_terms(node[3], ex)
         if len(left) != 1 or len(right) != 1:
             ex.error("cannot interact nested grouping factors", node[4])
-        return [left[0] + right[0]]
+        return [(left[0][0] + right[0][0], f"{left[0][1]}:{right[0][1]}")]
     if kind == "bin" and node[1] == "/":
         left, right = _grouping_terms(node[2], ex), _grouping_terms(node[3], ex)
-        outer = left[-1]
-        return left + [r + outer for r in right]
+        outer, outer_label = left[-1]
+        if len(outer) > 1:
+            outer_label = f"({outer_label})"
+        return left + [(r + outer, f"{r_label}:{outer_label}") for r, r_label in right]
     pos = node[-1] if isinstance(node[-1], int) else 0
     ex.error("a grouping factor must be a variable, a:b or a/b", pos)
 
@@ -372,11 +389,11 @@ def _parse(text: str) -> Formula:
             pieces = ([ModelPart((), True)] if effects.intercept else []) + [
                 ModelPart((t,), False) for t in effects.terms
             ]
-        for group in groups:
+        for group, label in groups:
             for eff in pieces:
                 if not eff.terms and not eff.intercept:
                     ex.error("a random-effects term has no effects", pos)
-                term = RandomTerm(eff, group)
+                term = RandomTerm(eff, group, label)
                 if term in random:
                     ex.error(f"duplicated random-effects term ({_show(eff)} | {term.group_name})", pos)
                 random.append(term)

@@ -22,7 +22,15 @@ from . import rsq, tables
 from .bootstrap import bootstrap, confint, simulate
 from .cache import bound_executables
 from .crossprod import CrossProducts
-from .design import Design, Structure, new_design_matrices, theta_precondition, theta_scale, theta_start
+from .design import (
+    Design,
+    Structure,
+    new_design_matrices,
+    random_terms_of,
+    theta_precondition,
+    theta_scale,
+    theta_start,
+)
 from .deviance import criterion_from_parts, profiled_weights, residual_df
 from .errors import JaxlmmError
 from .kernel import (
@@ -246,19 +254,30 @@ class LinearMixedModel:
         """Response residuals ``y − fitted``."""
         return self.design.y - self.fitted()
 
-    def predict(self, newdata: pd.DataFrame | None = None, re_form: str | None = None) -> np.ndarray:
-        """Predictions; ``re_form=None`` includes all random effects, ``"~0"`` (or ``"NA"``) none.
+    def predict(
+        self, newdata: pd.DataFrame | None = None, re_form: str | None = None, allow_new_levels: bool = False
+    ) -> np.ndarray:
+        """lme4's ``predict``: ``Xβ̂`` plus the random effects that ``re_form`` keeps: ``None`` all of them,
+        ``"NA"`` or ``"~0"`` none (the population prediction), a formula such as ``"~(1 | Subject)"`` those
+        terms only.
 
-        Levels not seen in the fit get the population-level prediction (random effect 0).
+        On ``newdata``, every data-dependent term (``scale(x)``, ``poly(x, 2)``, ``ns``, ``bs``, centring
+        with ``mean(x)``) uses the training data's statistics (R's ``makepredictcall``), so one row predicts
+        as it would among the fitted rows.  A grouping level not in the fit is an error unless
+        ``allow_new_levels``, which gives it random effects 0 (lme4's ``allow.new.levels``).
         """
-        use_re = re_form is None
-        if not use_re and str(re_form).replace(" ", "") not in ("~0", "NA", "~1-1"):
-            raise ValueError("re_form must be None (all random effects) or '~0' (none)")
+        bars = random_terms_of(self.design, re_form)
+        beta = self.result.params.beta
         if newdata is None:
-            return self.fitted() if use_re else self.design.X @ self.result.params.beta
-        X, Z, codes = new_design_matrices(self.design, newdata)
-        pred = X @ self.result.params.beta
-        return pred + self._random_part(Z, codes) if use_re else pred
+            d = self.design
+            X, Z, codes = d.X, [z.copy() for z in d.Z], d.codes
+            for term in d.terms:
+                if bars is not None and term.bar not in bars:
+                    Z[term.block][:, list(term.block_columns)] = 0.0
+        else:
+            X, Z, codes = new_design_matrices(self.design, newdata, bars, bool(allow_new_levels))
+        pred = X @ beta
+        return pred if bars is not None and not bars else pred + self._random_part(Z, codes)
 
     # ----------------------------------------------------------- tables (see tables.py, rsq.py)
     def refit_ml(self) -> LinearMixedModel:

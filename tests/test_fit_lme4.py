@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from conftest import CASES, fitted, reference
 
+from jaxlmm import DataError
+
 # jaxlmm's criterion at its optimum minus lme4's best, relative: worst +4e-13 (seed_lmm3_reml)
 CRITERION_RTOL = 1e-11
 # jaxlmm's criterion function against lme4's devFunOnly function at the same theta: worst 1.5e-11
@@ -98,7 +100,9 @@ def test_predict_population_and_new_levels():
     data = pd.DataFrame({"Days": [0.0, 5.0], "Subject": [308, 99999]})
     pop = m.predict(data, re_form="~0")
     np.testing.assert_allclose(pop, m.fixef["(Intercept)"] + m.fixef["Days"] * np.array([0, 5]))
-    full = m.predict(data)
+    with pytest.raises(DataError, match="new levels detected in newdata for grouping factor 'Subject': 99999"):
+        m.predict(data)  # lme4 refuses an unseen level unless allow.new.levels = TRUE (issue 14)
+    full = m.predict(data, allow_new_levels=True)
     assert full[1] == pytest.approx(pop[1])  # unseen subject: population prediction
     assert full[0] == pytest.approx(m.fitted()[0])  # subject 308 on day 0 is the first row
 

@@ -22,7 +22,8 @@ def fixed_terms(text):
         ("y ~ a / b", ["a", "a:b"], True),
         ("y ~ log(x) + I(x^2)", ["log(x)", "I(x^2)"], True),
         ("y ~ x + x", ["x"], True),
-        ("y ~ `odd name` + x", ["odd name", "x"], True),
+        ("y ~ `odd name` + x", ["`odd name`", "x"], True),  # R's term label keeps the backquotes
+        ("y ~ `x` + poly(x,2) + factor(g %% 3)", ["x", "poly(x, 2)", "factor(g%%3)"], True),  # R's deparse
     ],
 )
 def test_fixed_part(text, terms, intercept):
