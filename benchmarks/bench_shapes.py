@@ -17,7 +17,8 @@ monitoring events: executables obtained, of which loaded from the persistent cac
    data, y simulated from the model fitted to it), (b) ``--varied`` data sets of 5..60 groups with 3..30 rows
    each.  jaxlmm: ``fit_batch(datasets=...)`` called once (compiling), then five more times in one process
    (the median of those is the rate), and ``fit_batch(long_df, by="replicate")`` likewise when ``fit_batch``
-   takes ``by``; mixedlm: a loop of single fits on the first ``--mixedlm-max`` data sets; lme4: an R loop of ``lmer`` over all of them.  Rates in fits/s.
+   takes ``by``; mixedlm: a loop of single fits on the first ``--mixedlm-max`` data sets; lme4: an R loop of
+   ``lmer`` over all of them.  Rates in fits/s.
 4. first: ``fit_batch(seed, responses=Y)`` of ``y ~ x + (1 + x | Group)`` (ML): 64 columns, then ``--ncols``
    columns twice (first call vs the same call repeated), with an empty cache and with the one it filled.
 
