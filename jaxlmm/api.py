@@ -23,8 +23,13 @@ from .power import power, power_curve
 __all__ = ["PBTest", "anova", "fit_batch", "lmer", "pbtest", "power", "power_curve"]
 
 
-def lmer(formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 2000) -> LinearMixedModel:
+def lmer(
+    formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 2000, data_name: str = "data"
+) -> LinearMixedModel:
     """Fit a linear mixed model given by an lme4 formula, by REML (default) or ML.
+
+    ``data_name`` is the name lme4 shows for the data (``summary``'s ``Data:`` line and ``anova``'s
+    heading: R prints the expression passed as ``data``, which Python cannot see).
 
     ``max_iter`` bounds the optimiser's iterations per stage (lme4's ``lmerControl(optCtrl = list(maxfun
     = ...))``; the other settings are :class:`~jaxlmm.optimize.Control`'s); when it runs out, or the
@@ -37,8 +42,12 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 20
         raise JaxlmmError(f"reml must be True or False, not {reml!r}")
     if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
         raise JaxlmmError(f"max_iter must be a positive integer, not {max_iter!r}")
+    if not isinstance(data_name, str):
+        raise JaxlmmError(f"data_name must be a string, not {data_name!r}")
     design = build_design(parse_formula(formula), data)
-    return fit_design(design, reml=bool(reml), control=Control(max_iter=int(max_iter)))
+    model = fit_design(design, reml=bool(reml), control=Control(max_iter=int(max_iter)))
+    model.data_name = data_name
+    return model
 
 
 def fit_batch(

@@ -276,8 +276,13 @@ def fit_responses(
         raise DataError(f"responses have {Y.shape[0]} rows; the model has {d.n} observations")
     if Y.shape[1] == 0:
         raise DataError("responses has no columns (B = 0)")
-    if not np.all(np.isfinite(Y)):
-        raise DataError("responses contain missing or infinite values")
+    bad = np.flatnonzero(~np.all(np.isfinite(Y), axis=0))
+    if bad.size:
+        shown = ", ".join(map(str, bad[:10])) + (f", ... ({bad.size} columns)" if bad.size > 10 else "")
+        raise DataError(
+            f"responses contain missing or infinite values in column{'s' if bad.size > 1 else ''} {shown} "
+            "(0-based): each column is one response to fit; drop or fill those"
+        )
     products = dict(zip(Y_FIELDS, response_products(Y, d.X, d.codes, d.Z, d.structure)))
     return fit_products(
         model.problem, model.theta, products, model.reml if reml is None else reml, chunk_size, progress
