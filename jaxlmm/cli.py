@@ -129,9 +129,9 @@ def pbtest_text(test: PBTest, large: str, small: str) -> str:
         [
             (
                 f"Bootstrap test; samples: {used} of {test.nsim} ({test.n_failed} failed, "
-                f"{test.n_negative} negative); extremes: {extremes};"
+                f"{test.n_negative} negative); extremes: {extremes}; "
+                f"pbkrtest's p (positive draws only): {test.p_boot_pbkrtest:.4g}"
             ),
-            f"pbkrtest's p (positive draws only): {test.p_boot_pbkrtest:.4g}",
             f"large : {large}",
             f"small : {small}",
             test.table().to_string(),

@@ -12,9 +12,9 @@ LRTs without rounding (:func:`lrt_statistic`): an LRT within ``LRT_ZERO_RTOL × 
 the smaller model's ML deviance) is exactly 0, observed or simulated; a simulated LRT below minus that is a
 fitting failure (the larger model always reaches the smaller's optimum), counted and left out.  The
 tolerance is far above the deviances' own rounding (jaxlmm's refits: |LRT| of null draws ~1e-11 on
-deviances ~400) and covers lme4's (its default optimiser's null draws scatter over ±2e-6 on the same data,
-tests/fixtures/pbtest), so R's draws and jaxlmm's give the same zeros.  An LRT of 4e-6 has a χ²₁ p-value
-of 0.998: nothing a test can tell from 0.
+deviances ~400) and covers lme4's (its default optimiser's null draws scatter over ±4e-6 on deviances ~380,
+tests/fixtures/pbtest), so R's draws and jaxlmm's give the same zeros.  An LRT of 4e-5 has a χ²₁ p-value
+of 0.995: nothing a test can tell from 0.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .params import Params
 from .rformat import coefmat_lines
 from .shapes import Problem
 
-LRT_ZERO_RTOL = 1e-8  # |LRT| <= this × (1 + smaller model's ML deviance) is 0 (module docstring)
+LRT_ZERO_RTOL = 1e-7  # |LRT| <= this × (1 + smaller model's ML deviance) is 0 (module docstring)
 NESTING_RTOL = 1e-7  # a column is in a span when its least-squares residual is below this × its norm
 
 
@@ -321,10 +321,10 @@ def pbtest(
     :func:`~jaxlmm.bootstrap.direct_products`): the same distribution, several times cheaper, another
     random stream."""
     same_observations([large, small])
+    if small.npar >= large.npar:
+        raise ModelComparisonError("the first model must have more parameters than the second")
     check_nested(small, large, "the second model", "the first")
     large_ml, small_ml = (m.refit_ml() for m in (large, small))
-    if small_ml.npar >= large_ml.npar:
-        raise ModelComparisonError("the first model must have more parameters than the second")
     lrt, negative = lrt_statistic(-2 * small_ml.loglik, -2 * large_ml.loglik)
     if negative:
         warnings.warn(

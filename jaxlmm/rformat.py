@@ -151,7 +151,7 @@ def abbreviate(names: list[str], minlength: int = 4) -> list[str]:
                 out[n] = _abbreviate_one(n, length)
 
 
-def _zapsmall(x: np.ndarray, digits: int) -> np.ndarray:
+def zapsmall(x: np.ndarray, digits: int) -> np.ndarray:
     """R's ``zapsmall``: round to ``digits`` significant digits of the largest entry."""
     finite = np.abs(x[np.isfinite(x)])
     mx = finite.max() if finite.size else 0.0
@@ -183,7 +183,7 @@ def coefmat_lines(
     dig_tst = max(1, min(5, digits - 1))
     cells = np.full(xm.shape, "", dtype=object)
     for i in zap_ind:
-        xm[:, i] = _zapsmall(xm[:, i], digits)
+        xm[:, i] = zapsmall(xm[:, i], digits)
     if cs_ind:
         block = xm[:, cs_ind]
         acs = np.abs(block[np.isfinite(block) & (block != 0)])

@@ -9,7 +9,7 @@ import scipy.special
 
 from .inference import satterthwaite_df
 from .params import ran_pars
-from .rformat import abbreviate, coefmat_lines, format_numbers, matrix_lines, stars
+from .rformat import abbreviate, coefmat_lines, format_numbers, matrix_lines, stars, zapsmall
 
 
 def coef_table(model) -> pd.DataFrame:
@@ -200,10 +200,10 @@ def summary_text(model) -> Summary:
         )
     lines.append("")
     resid = model.residuals() / model.sigma
-    q = np.quantile(resid, [0, 0.25, 0.5, 0.75, 1])
+    q = zapsmall(np.quantile(resid, [0, 0.25, 0.5, 0.75, 1]), 5)  # R: zapsmall(quantile, digits + 1)
     lines.append("Scaled residuals: ")
     residual_lines = matrix_lines([""], ["Min", "1Q", "Median", "3Q", "Max"], [format_numbers(q, 4)])
-    lines += [line[1:] for line in residual_lines]  # a named vector: no row-name column
+    lines += [line[1:] + " " for line in residual_lines]  # R's print of a named vector
     lines.append("")
     lines.append("Random effects:")
     lines += random_effects_lines(model)
