@@ -152,10 +152,18 @@ def abbreviate(names: list[str], minlength: int = 4) -> list[str]:
 
 
 def zapsmall(x: np.ndarray, digits: int) -> np.ndarray:
-    """R's ``zapsmall``: round to ``digits`` significant digits of the largest entry."""
+    """R's ``zapsmall``: round to ``digits − log10(max |x|)`` decimals (R rounds that count half up)."""
+    x = np.asarray(x, dtype=float)
     finite = np.abs(x[np.isfinite(x)])
     mx = finite.max() if finite.size else 0.0
-    return np.round(x, max(0, digits - math.ceil(math.log10(mx))) if mx > 0 else digits)
+    decimals = max(0, math.floor(digits - math.log10(mx) + 0.5)) if mx > 0 else digits
+    return np.round(x, decimals)
+
+
+def named_vector_lines(names: list[str], cells: list[str]) -> list[str]:
+    """R's ``print`` of a named vector on one line: every entry right-justified to one common width."""
+    width = max(len(t) for t in [*names, *cells])
+    return ["".join(t.rjust(width) + " " for t in texts) for texts in (names, cells)]
 
 
 def coefmat_lines(

@@ -9,7 +9,12 @@ import scipy.special
 
 from .inference import satterthwaite_df
 from .params import ran_pars
-from .rformat import abbreviate, coefmat_lines, format_numbers, matrix_lines, stars, zapsmall
+from .rformat import abbreviate, coefmat_lines, format_numbers, matrix_lines, named_vector_lines, stars, zapsmall
+
+# lmerTest's title as R prints it at width 80 (lme4's .prt.methTit wraps it; "likelihood ." is lmerTest's)
+TITLE_REML = ["Linear mixed model fit by REML. t-tests use Satterthwaite's method [", "lmerModLmerTest]"]
+TITLE_ML = ["Linear mixed model fit by maximum likelihood . t-tests use Satterthwaite's", "  method [lmerModLmerTest]"]
+CORRELATION_MAX = 12  # lme4.summary.cor.max: larger fixed-effect correlation matrices are not printed
 
 
 def coef_table(model) -> pd.DataFrame:
@@ -184,35 +189,38 @@ def summary_text(model) -> Summary:
     """What lmerTest's ``summary(m)`` prints (the ``Data:`` line names ``model.data_name``)."""
     d = model.design
     lines = []
-    method = "REML" if model.reml else "maximum likelihood"
-    lines.append(f"Linear mixed model fit by {method}. t-tests use Satterthwaite's method [lmerModLmerTest]")
+    lines += TITLE_REML if model.reml else TITLE_ML
     lines.append(f"Formula: {model.formula}")
     lines.append(f"   Data: {model.data_name}")
     if d.n_dropped:
         lines.append(f"  ({d.n_dropped} observations deleted due to missingness)")
     lines.append("")
-    if model.reml:
-        lines.append(f"REML criterion at convergence: {-2 * model.loglik:.1f}")
+    if model.reml:  # lme4's .prt.aictab: rounded to 1 decimal, then format()
+        (criterion,) = format_numbers([round(-2 * model.loglik, 1)], 7)
+        lines.append(f"REML criterion at convergence: {criterion}")
     else:
-        lines.append(f"{'AIC':>9} {'BIC':>9} {'logLik':>9} {'deviance':>9} {'df.resid':>9}")
-        lines.append(
-            f"{model.aic:9.1f} {model.bic:9.1f} {model.loglik:9.1f} {model.deviance:9.1f} {model.nobs - model.npar:9d}"
+        values = format_numbers(np.round([model.aic, model.bic, model.loglik, model.deviance], 1), 7)
+        lines += named_vector_lines(
+            ["AIC", "BIC", "logLik", "deviance", "df.resid"], [*values, str(model.nobs - model.npar)]
         )
     lines.append("")
     resid = model.residuals() / model.sigma
-    q = zapsmall(np.quantile(resid, [0, 0.25, 0.5, 0.75, 1]), 5)  # R: zapsmall(quantile, digits + 1)
+    q = zapsmall(np.quantile(resid, [0, 0.25, 0.5, 0.75, 1]), 5)  # lme4: zapsmall(quantile, digits + 1)
     lines.append("Scaled residuals: ")
-    residual_lines = matrix_lines([""], ["Min", "1Q", "Median", "3Q", "Max"], [format_numbers(q, 4)])
-    lines += [line[1:] + " " for line in residual_lines]  # R's print of a named vector
+    lines += named_vector_lines(["Min", "1Q", "Median", "3Q", "Max"], format_numbers(q, 4))
     lines.append("")
     lines.append("Random effects:")
     lines += random_effects_lines(model)
-    groups = ", ".join(f"{k}, {v}" for k, v in model.ngroups.items())
+    groups = "; ".join(f"{k}, {v}" for k, v in model.ngroups.items())
     lines.append(f"Number of obs: {model.nobs}, groups:  {groups}")
     lines.append("")
     lines.append("Fixed effects:")
     lines += coefmat_lines(coef_table(model), digits=4)
-    if d.p > 1:
+    if d.p > CORRELATION_MAX:  # lme4 says so in a message (getOption("lme4.summary.cor.max"))
+        lines.append("")
+        lines.append(f"Correlation matrix not shown by default, as p = {d.p} > {CORRELATION_MAX}.")
+        lines.append("Use m.vcov if you need it")
+    elif d.p > 1:
         lines.append("")
         lines.append("Correlation of Fixed Effects:")
         lines += fixed_effects_correlation_lines(model)

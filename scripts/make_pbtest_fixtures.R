@@ -57,3 +57,18 @@ lmm2 <- lmerTest::lmer(y ~ x + (1 | Group) + (0 + x | Group), data = data, REML 
 lmm3 <- lmerTest::lmer(y ~ x + (1 + x | Group), data = data, control = ctrl)
 writeLines(capture.output(print(anova(lmm1, lmm2, lmm3))), "tests/fixtures/prints/anova_seed.txt")
 writeLines(capture.output(print(summary(lmm3))), "tests/fixtures/prints/summary_seed_lmm3.txt")
+
+# lmerTest's summary of fixture models (tests/fixtures/data), bobyqa run to convergence
+summary_cases <- list(
+  sleepstudy_corr_ml = list("Reaction ~ Days + (Days | Subject)", "sleepstudy", FALSE),
+  machines_reml = list("score ~ Machine + (1 | Worker/Machine)", "Machines", TRUE),
+  cake_reml = list("angle ~ recipe * temperature + (1 | recipe:replicate)", "cake", TRUE),
+  penicillin_reml = list("diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin", TRUE)
+)
+for (name in names(summary_cases)) {
+  cs <- summary_cases[[name]]
+  data <- read.csv(file.path("tests/fixtures/data", paste0(cs[[2]], ".csv")))
+  if (cs[[2]] == "cake") data$temperature <- factor(data$temperature)
+  m <- eval(bquote(lmerTest::lmer(.(as.formula(cs[[1]])), data = data, REML = .(cs[[3]]), control = ctrl)))
+  writeLines(capture.output(print(summary(m))), file.path("tests/fixtures/prints", paste0("summary_", name, ".txt")))
+}
