@@ -138,7 +138,9 @@ class AnovaTable(pd.DataFrame):
     """lme4's ``anova`` table: a DataFrame (one row per model, lme4's columns) that prints as R prints it
     (``print.anova``): the ``Data:`` line, the ``Models:`` block (name: formula), the columns at 5
     significant digits, blank cells where R has NA, significance stars and the ``Signif. codes`` legend.
-    ``table.to_string()`` is pandas' layout; ``table.heading`` the lines above the columns."""
+    With a ``Pr(boot)`` column both p columns are formatted as p-values and the stars follow the last one,
+    ``Pr(boot)`` (printCoefmat's rule).  ``table.to_string()`` is pandas' layout; ``table.heading`` the
+    lines above the columns."""
 
     _metadata: ClassVar[list[str]] = ["heading"]
 
@@ -160,7 +162,7 @@ class AnovaTable(pd.DataFrame):
             na_print="",
             p_ind=(columns.index("Pr(>Chisq)"),) if has_boot else (),
         )
-        return "\n".join([*self.heading, *lines])
+        return "\n".join([*(getattr(self, "heading", None) or []), *lines])
 
     def __repr__(self) -> str:
         return self.text()
