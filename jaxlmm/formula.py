@@ -37,10 +37,11 @@ class RandomTerm:
 
     effects: ModelPart
     group: Term
+    label: str = ""  # R's name of a nested factor: "c:(b:a)" for a/b/c; empty: ":".join(group)
 
     @property
     def group_name(self) -> str:
-        return ":".join(self.group)
+        return self.label or ":".join(self.group)
 
 
 @dataclass(frozen=True)
@@ -303,22 +304,26 @@ def _is_bar(node) -> bool:
     return node[0] == "paren" and node[1][0] == "bin" and node[1][1] in ("|", "||")
 
 
-def _grouping_terms(node, ex: _Expander) -> list[Term]:
-    """``g`` -> [g]; ``a:b`` -> [a:b]; ``a/b`` -> [a, b:a] (lme4's expandSlash puts the inner factor first)."""
+def _grouping_terms(node, ex: _Expander) -> list[tuple[Term, str]]:
+    """``g`` -> [g]; ``a:b`` -> [a:b]; ``a/b`` -> [a, b:a] (lme4's expandSlash puts the inner factor first),
+    each with R's name: ``a/b/c`` -> a, b:a, c:(b:a) (a compound outer factor is parenthesised)."""
     kind = node[0]
     if kind == "var":
-        return [(ex.var(node[1]),)]
+        name = ex.var(node[1])
+        return [((name,), name)]
     if kind == "paren":
         return _grouping_terms(node[1], ex)
     if kind == "bin" and node[1] == ":":
         left, right = _grouping_terms(node[2], ex), _grouping_terms(node[3], ex)
         if len(left) != 1 or len(right) != 1:
             ex.error("cannot interact nested grouping factors", node[4])
-        return [left[0] + right[0]]
+        return [(left[0][0] + right[0][0], f"{left[0][1]}:{right[0][1]}")]
     if kind == "bin" and node[1] == "/":
         left, right = _grouping_terms(node[2], ex), _grouping_terms(node[3], ex)
-        outer = left[-1]
-        return left + [r + outer for r in right]
+        outer, outer_name = left[-1]
+        if len(outer) > 1:
+            outer_name = f"({outer_name})"
+        return left + [(term + outer, f"{name}:{outer_name}") for term, name in right]
     pos = node[-1] if isinstance(node[-1], int) else 0
     ex.error("a grouping factor must be a variable, a:b or a/b", pos)
 
@@ -372,11 +377,11 @@ def _parse(text: str) -> Formula:
             pieces = ([ModelPart((), True)] if effects.intercept else []) + [
                 ModelPart((t,), False) for t in effects.terms
             ]
-        for group in groups:
+        for group, name in groups:
             for eff in pieces:
                 if not eff.terms and not eff.intercept:
                     ex.error("a random-effects term has no effects", pos)
-                term = RandomTerm(eff, group)
+                term = RandomTerm(eff, group, name if name != ":".join(group) else "")
                 if term in random:
                     ex.error(f"duplicated random-effects term ({_show(eff)} | {term.group_name})", pos)
                 random.append(term)

@@ -273,3 +273,18 @@ def test_fit_batch_names_the_nan_columns():
     Y[0, 4] = np.inf
     with pytest.raises(jaxlmm.DataError, match=r"columns 1, 4 \(0-based\)"):
         jaxlmm.fit_batch("y ~ x + (1 | Group)", data, responses=Y)
+
+
+def test_nested_grouping_factor_names_as_r():
+    """lme4 names (1 | a/b/c)'s factors c:(b:a), b:a, a (R 4.2: names(ngrps(m)))."""
+    f = jaxlmm.parse_formula("y ~ x + (1 | a/b/c) + (1 | d:e)")
+    assert [r.group_name for r in f.random] == ["a", "b:a", "c:(b:a)", "d:e"]
+    assert [r.group for r in f.random][2] == ("c", "b", "a")
+    rng = np.random.default_rng(1)
+    d = pd.DataFrame(
+        {"y": rng.normal(size=200), "a": np.repeat(np.arange(4), 50), "b": np.tile(np.arange(5), 40)}
+    ).assign(c=lambda df: np.arange(200) % 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = jaxlmm.lmer("y ~ 1 + (1 | a/b/c)", d)
+    assert list(m.ngroups) == ["c:(b:a)", "b:a", "a"]
