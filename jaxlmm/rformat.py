@@ -172,20 +172,18 @@ def coefmat_lines(
     cs_ind: list[int] | None = None,
     tst_ind: list[int] | None = None,
     zap_ind: tuple[int, ...] = (),
-    has_p: bool = True,
     na_print: str = "NA",
-    signif_stars: bool = True,
     p_ind: tuple[int, ...] = (),
 ) -> list[str]:
     """R's ``printCoefmat(x, digits, ...)`` as lines: coefficient columns ``cs_ind`` formatted together
     (rounded to the decimals their smallest entry needs), test statistics ``tst_ind`` rounded to
-    ``dig.tst = digits - 1`` decimals, others by :func:`format_numbers`, the last column (when
-    ``has_p``) by :func:`format_pval`, a column of stars and the ``Signif. codes`` legend when a p < 0.1.
+    ``dig.tst = digits - 1`` decimals, others by :func:`format_numbers`, the last column (the p-values) by
+    :func:`format_pval`, a column of stars and the ``Signif. codes`` legend when a p < 0.1.
     ``p_ind`` are further p-value columns (formatted as p-values, without stars).  ``table`` is a
     DataFrame (index: row names).  Column indices are 0-based."""
     xm = table.to_numpy(dtype=float, na_value=np.nan).copy()
     nrow, nc = xm.shape
-    k = nc - has_p - 1
+    k = nc - 2  # R's default: the columns before the statistic and the p-value are coefficients
     cs_ind = list(range(k)) if cs_ind is None else list(cs_ind)
     tst_ind = [k] if tst_ind is None else list(tst_ind)
     dig_tst = max(1, min(5, digits - 1))
@@ -201,7 +199,7 @@ def coefmat_lines(
         cells[:, cs_ind] = np.array(formatted, dtype=object).reshape(block.shape)
     for i in tst_ind:
         cells[:, i] = format_numbers(np.round(xm[:, i], dig_tst), digits)
-    p_col = nc - 1 if has_p else None
+    p_col = nc - 1
     for i in range(nc):
         if i not in cs_ind and i not in tst_ind and i != p_col and i not in p_ind:
             cells[:, i] = format_numbers(xm[:, i], digits)
@@ -216,14 +214,11 @@ def coefmat_lines(
         good = np.isfinite(xm[:, i])
         if good.any():
             cells[good, i] = format_pval(xm[good, i], dig_tst)
-    legend = False
-    if has_p:
-        pv = xm[:, p_col]
-        good = np.isfinite(pv)
-        if good.any():
-            for r, s in zip(np.flatnonzero(good), format_pval(pv[good], dig_tst)):
-                cells[r, p_col] = s
-            legend = signif_stars and bool(np.any(pv[good] < 0.1))
+    pv = xm[:, p_col]
+    good = np.isfinite(pv)
+    for r, s in zip(np.flatnonzero(good), format_pval(pv[good], dig_tst)):
+        cells[r, p_col] = s
+    legend = bool(np.any(pv[good] < 0.1))
     header = list(table.columns)
     if legend:
         codes = [stars(p) if np.isfinite(p) else "" for p in xm[:, p_col]]
