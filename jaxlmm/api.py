@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .batch import BatchFit, fit_responses
+from .batch import BatchFit, fit_responses, response_matrix
 from .buckets import fit_by, fit_datasets
 from .compare import PBTest, anova, pbtest
 from .design import build_design
@@ -83,4 +83,5 @@ def fit_batch(
         return fit_datasets(formula, datasets, reml=reml, chunk_size=chunk_size, progress=progress)
     if data is None:
         raise DataError("responses need the data they share (data=...)")
+    responses = response_matrix(responses)  # bad responses are refused before the model is fitted
     return fit_responses(lmer(formula, data, reml=reml), responses, reml=reml, chunk_size=chunk_size, progress=progress)

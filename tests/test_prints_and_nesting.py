@@ -266,12 +266,20 @@ def test_pbtest_at_a_variance_boundary_against_pbmodcomp(case):
 
 
 # ---------------------------------------------------------------- fit_batch
-def test_fit_batch_names_the_nan_columns():
+def test_fit_batch_names_the_nan_columns_before_fitting(monkeypatch):
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the model was fitted before the responses were checked")
+
+    monkeypatch.setattr(jaxlmm.api, "lmer", no_fit)
     data = jaxlmm.load_seed()
     Y = np.random.default_rng(0).normal(size=(len(data), 5))
     Y[3, 1] = np.nan
     Y[0, 4] = np.inf
     with pytest.raises(jaxlmm.DataError, match=r"columns 1, 4 \(0-based\)"):
+        jaxlmm.fit_batch("y ~ x + (1 | Group)", data, responses=Y)
+    Y = np.random.default_rng(0).normal(size=(len(data), 30))
+    Y[5, 12:] = np.nan
+    with pytest.raises(jaxlmm.DataError, match=r"columns 12, 13, .*, 21, \.\.\. \(18 columns\)"):
         jaxlmm.fit_batch("y ~ x + (1 | Group)", data, responses=Y)
 
 
