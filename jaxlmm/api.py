@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .batch import BatchFit, fit_responses
+from .batch import BatchFit, fit_responses, response_matrix
 from .buckets import fit_by, fit_datasets
 from .compare import PBTest, anova, pbtest
 from .design import build_design
@@ -24,9 +24,17 @@ __all__ = ["PBTest", "anova", "fit_batch", "lmer", "pbtest", "power", "power_cur
 
 
 def lmer(
-    formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 2000, contrasts: dict | None = None
+    formula: str,
+    data: pd.DataFrame,
+    reml: bool = True,
+    max_iter: int = 2000,
+    contrasts: dict | None = None,
+    data_name: str = "data",
 ) -> LinearMixedModel:
     """Fit a linear mixed model given by an lme4 formula, by REML (default) or ML.
+
+    ``data_name`` is the name lme4 shows for the data (``summary``'s ``Data:`` line and ``anova``'s
+    heading: R prints the expression passed as ``data``, which Python cannot see).
 
     ``max_iter`` bounds the optimiser's iterations per stage (lme4's ``lmerControl(optCtrl = list(maxfun
     = ...))``; the other settings are :class:`~jaxlmm.optimize.Control`'s); when it runs out, or the
@@ -44,8 +52,12 @@ def lmer(
         raise JaxlmmError(f"reml must be True or False, not {reml!r}")
     if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
         raise JaxlmmError(f"max_iter must be a positive integer, not {max_iter!r}")
+    if not isinstance(data_name, str):
+        raise JaxlmmError(f"data_name must be a string, not {data_name!r}")
     design = build_design(parse_formula(formula), data, contrasts)
-    return fit_design(design, reml=bool(reml), control=Control(max_iter=int(max_iter)))
+    model = fit_design(design, reml=bool(reml), control=Control(max_iter=int(max_iter)))
+    model.data_name = data_name
+    return model
 
 
 def fit_batch(
@@ -81,4 +93,5 @@ def fit_batch(
         return fit_datasets(formula, datasets, reml=reml, chunk_size=chunk_size, progress=progress)
     if data is None:
         raise DataError("responses need the data they share (data=...)")
+    responses = response_matrix(responses)  # bad responses are refused before the model is fitted
     return fit_responses(lmer(formula, data, reml=reml), responses, reml=reml, chunk_size=chunk_size, progress=progress)

@@ -259,11 +259,9 @@ class BatchFit:
         return out
 
 
-def fit_responses(
-    model, Y: np.ndarray, reml: bool | None = None, chunk_size: int | None = None, progress: bool | None = None
-) -> BatchFit:
-    """Fit ``model``'s formula to each column of ``Y`` (n, B), warm-started at the model's theta."""
-    d = model.design
+def response_matrix(Y) -> np.ndarray:
+    """``Y`` as an (n, B) float array of finite numbers (a vector is one column), or a
+    :class:`~jaxlmm.errors.DataError` naming what is wrong (the columns with missing values by index)."""
     Y = np.asarray(Y)
     if not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool) or np.iscomplexobj(Y):
         raise DataError(f"responses must be numbers, not {Y.dtype}")
@@ -272,13 +270,29 @@ def fit_responses(
         Y = Y[:, None]
     if Y.ndim != 2:
         raise DataError(f"responses must be a vector or an (n, B) array, not {Y.ndim}-dimensional")
-    if Y.shape[0] != d.n:
-        raise DataError(f"responses have {Y.shape[0]} rows; the model has {d.n} observations")
     if Y.shape[1] == 0:
         raise DataError("responses has no columns (B = 0)")
+    squares = np.einsum("ib,ib->b", Y, Y)  # NaN or inf in a column with a missing or infinite value
+    suspect = np.flatnonzero(~np.isfinite(squares))
+    bad = suspect[~np.isfinite(Y[:, suspect]).all(axis=0)]  # not an overflow of Σy²
+    if bad.size:
+        shown = ", ".join(map(str, bad[:10])) + (f", ... ({bad.size} columns)" if bad.size > 10 else "")
+        raise DataError(
+            f"responses contain missing or infinite values in column{'s' if bad.size > 1 else ''} {shown} "
+            "(0-based): each column is one response to fit; drop or fill those"
+        )
+    return Y
+
+
+def fit_responses(
+    model, Y: np.ndarray, reml: bool | None = None, chunk_size: int | None = None, progress: bool | None = None
+) -> BatchFit:
+    """Fit ``model``'s formula to each column of ``Y`` (n, B), warm-started at the model's theta."""
+    d = model.design
+    Y = response_matrix(Y)
+    if Y.shape[0] != d.n:
+        raise DataError(f"responses have {Y.shape[0]} rows; the model has {d.n} observations")
     products = dict(zip(Y_FIELDS, response_products(Y, d.X, d.codes, d.Z, d.structure)))
-    if not np.isfinite(products["yy"]).all() and not np.isfinite(Y).all():  # Σy² is NaN or inf if some y is
-        raise DataError("responses contain missing or infinite values")
     return fit_products(
         model.problem, model.theta, products, model.reml if reml is None else reml, chunk_size, progress
     )

@@ -127,7 +127,11 @@ def pbtest_text(test: PBTest, large: str, small: str) -> str:
     used = test.reference.size
     return "\n".join(
         [
-            f"Bootstrap test; samples: {used} of {test.nsim} ({test.n_failed} failed); extremes: {extremes};",
+            (
+                f"Bootstrap test; samples: {used} of {test.nsim} ({test.n_failed} failed, "
+                f"{test.n_negative} negative); extremes: {extremes}; "
+                f"pbkrtest's p (positive draws only): {test.p_boot_pbkrtest:.4g}"
+            ),
             f"large : {large}",
             f"small : {small}",
             test.table().to_string(),
@@ -155,7 +159,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if args.json:
         dump(model_json(m))
     else:
-        m.summary()
+        print(m.summary())
 
 
 def cmd_anova(args: argparse.Namespace) -> None:
@@ -168,7 +172,7 @@ def cmd_anova(args: argparse.Namespace) -> None:
     if args.json:
         dump([{"model": name, **row} for name, row in zip(table.index, records(table))])
     else:
-        print(table.to_string())
+        print(table)
 
 
 def cmd_pbtest(args: argparse.Namespace) -> None:
@@ -186,6 +190,8 @@ def cmd_pbtest(args: argparse.Namespace) -> None:
                 "df": test.df,
                 "p_chisq": test.p_chisq,
                 "p_boot": test.p_boot,
+                "p_boot_pbkrtest": test.p_boot_pbkrtest,
+                "n_negative": test.n_negative,
             }
         )
     else:

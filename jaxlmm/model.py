@@ -95,13 +95,15 @@ class LinearMixedModel:
     """A linear mixed model fitted by ML or REML; the attributes mirror lme4's accessors.
 
     ``problem`` is the design with its padded cross-products (:class:`~jaxlmm.shapes.Problem`, what every
-    compiled kernel sees), ``result`` the frozen record of the fit (:class:`FitResult`).
+    compiled kernel sees), ``result`` the frozen record of the fit (:class:`FitResult`).  ``data_name``
+    is what lme4 shows as the call's ``data`` argument (summary's ``Data:`` line, anova's heading).
     """
 
-    def __init__(self, problem: Problem, reml: bool, result: FitResult):
+    def __init__(self, problem: Problem, reml: bool, result: FitResult, data_name: str = "data"):
         self.problem = problem
         self.reml = reml
         self.result = result
+        self.data_name = data_name
 
     @property
     def design(self) -> Design:
@@ -282,7 +284,11 @@ class LinearMixedModel:
     # ----------------------------------------------------------- tables (see tables.py, rsq.py)
     def refit_ml(self) -> LinearMixedModel:
         """The same model fitted by ML (lme4's ``refitML``)."""
-        return self if not self.reml else fit_problem(self.problem, reml=False, control=self.opt.control)
+        if not self.reml:
+            return self
+        refit = fit_problem(self.problem, reml=False, control=self.opt.control)
+        refit.data_name = self.data_name
+        return refit
 
     def coef_table(self) -> pd.DataFrame:
         """lmerTest's coefficient table with Satterthwaite df and p-values."""
@@ -301,7 +307,7 @@ class LinearMixedModel:
         return tables.coef(self)
 
     def group_coefficients(self, group: str | None = None) -> pd.DataFrame:
-        """The seed workflow's per-group table (intercept, slope, group, ranef_intercept, ranef_x)."""
+        """The seed workflow's per-group table (intercept, x, group, ranef_intercept, ranef_x)."""
         return tables.group_coefficients(self, group)
 
     def rsq(self) -> dict[str, float]:
@@ -312,11 +318,10 @@ class LinearMixedModel:
         """Nakagawa & Schielzeth's marginal and conditional R²."""
         return rsq.r2_nakagawa(self)
 
-    def summary(self) -> str:
-        """lmerTest's ``summary(m)`` as text (also printed)."""
-        text = tables.summary_text(self)
-        print(text)
-        return text
+    def summary(self) -> tables.Summary:
+        """lmerTest's ``summary(m)``: its text, as a :class:`~jaxlmm.tables.Summary` (a ``str`` whose repr
+        is the text, so a REPL shows it once); ``print(m.summary())`` prints it."""
+        return tables.summary_text(self)
 
     # ----------------------------------------------------------- simulation (see bootstrap.py)
     def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:

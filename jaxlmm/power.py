@@ -6,7 +6,9 @@ simulated from it and the chosen test of one fixed-effect term is applied to eac
 
 * ``"lrt"`` — likelihood ratio of the model against the model without the term, both by ML, χ² p-value;
 * ``"pb"`` — the same statistic against a parametric-bootstrap reference distribution simulated once from
-  the null model with the given parameters (``nboot`` draws);
+  the null model with the given parameters (``nboot`` draws), p-values by
+  :func:`~jaxlmm.compare.bootstrap_p_value` (every valid draw, LRTs within the tolerance of 0 exactly 0,
+  clearly negative LRTs counted as failed replicates, :mod:`jaxlmm.compare`);
 * ``"satterthwaite"`` — lmerTest's t test of the term's coefficient (single-column terms).
 
 Power is the share of converged replicates with p < alpha, with its binomial standard error.
@@ -85,11 +87,12 @@ def power(
         reduced = _drop_term(full, term, data)
         null = Params(np.array([fixef[k] for k in reduced.fixef_names]), theta, float(sigma))
         null_problem = padded_problem(reduced)
-        lrt, ok = simulated_lrt(null_problem, theta, full_problem, theta, truth, True, nsim, seed, progress=progress)
+        observed = simulated_lrt(null_problem, theta, full_problem, theta, truth, True, nsim, seed, progress=progress)
+        lrt, ok = observed.statistic, observed.valid  # clearly negative LRTs are fitting failures
         if test == "lrt":
             p_values = scipy.special.chdtrc(full.p - reduced.p, lrt)
         else:
-            reference, good = simulated_lrt(
+            reference = simulated_lrt(
                 null_problem,
                 theta,
                 full_problem,
@@ -100,7 +103,7 @@ def power(
                 None if seed is None else seed + 1,
                 progress=progress,
             )
-            p_values = bootstrap_p_value(reference[good], lrt)
+            p_values = bootstrap_p_value(reference.statistic[reference.valid], lrt)
     p_values = np.asarray(p_values)[ok]
     share = float(np.mean(p_values < alpha)) if p_values.size else float("nan")
     return {

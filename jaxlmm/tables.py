@@ -9,6 +9,12 @@ import scipy.special
 
 from .inference import satterthwaite_df
 from .params import ran_pars
+from .rformat import abbreviate, coefmat_lines, format_numbers, matrix_lines, named_vector_lines, stars, zapsmall
+
+# lmerTest's title as R prints it at width 80 (lme4's .prt.methTit wraps it; "likelihood ." is lmerTest's)
+TITLE_REML = ["Linear mixed model fit by REML. t-tests use Satterthwaite's method [", "lmerModLmerTest]"]
+TITLE_ML = ["Linear mixed model fit by maximum likelihood . t-tests use Satterthwaite's", "  method [lmerModLmerTest]"]
+CORRELATION_MAX = 12  # lme4.summary.cor.max: larger fixed-effect correlation matrices are not printed
 
 
 def coef_table(model) -> pd.DataFrame:
@@ -34,12 +40,17 @@ def coef_table(model) -> pd.DataFrame:
 
 
 def tidy(model) -> pd.DataFrame:
-    """broom.mixed's ``tidy(m)``: effect, group, term, estimate, std.error, statistic, df, p.value."""
+    """broom.mixed's ``tidy(m)`` (effect, group, term, estimate, std.error, statistic, df, p.value) and the
+    seed analysis's ``Significance`` column of stars: ``***`` p < 0.001, ``**`` < 0.01, ``*`` < 0.05,
+    ``.`` < 0.1, blank otherwise, and blank on ran_pars rows.
+
+    Where broom.mixed has NA (the group of a fixed effect; std.error, statistic, df, p.value of a ran_pars
+    row) the table has NaN, pandas' missing value (``isna`` finds it), never ``None``."""
     ct = coef_table(model)
     fixed = pd.DataFrame(
         {
             "effect": "fixed",
-            "group": None,
+            "group": np.nan,
             "term": ct.index,
             "estimate": ct["Estimate"].values,
             "std.error": ct["Std. Error"].values,
@@ -48,6 +59,7 @@ def tidy(model) -> pd.DataFrame:
             "p.value": ct["Pr(>|t|)"].values,
         }
     )
+    fixed["group"] = fixed["group"].astype(object)
     rand = pd.DataFrame(
         [(g, term, float(v)) for g, term, v in ran_pars(model.term_covariances(), model.sigma)],
         columns=["group", "term", "estimate"],
@@ -55,7 +67,9 @@ def tidy(model) -> pd.DataFrame:
     rand.insert(0, "effect", "ran_pars")
     for col in ("std.error", "statistic", "df", "p.value"):
         rand[col] = np.nan
-    return pd.concat([fixed, rand], ignore_index=True)
+    out = pd.concat([fixed, rand], ignore_index=True)
+    out["Significance"] = [stars(p).strip() if e == "fixed" else "" for e, p in zip(out.effect, out["p.value"])]
+    return out
 
 
 def ranef(model) -> pd.DataFrame:
@@ -100,20 +114,20 @@ def coef(model) -> dict[str, pd.DataFrame]:
 
 
 def group_coefficients(model, group: str | None = None) -> pd.DataFrame:
-    """The seed's per-group CSV: intercept, slope, the group, ranef_intercept (and ranef_<x> per random slope).
+    """The seed's per-group CSV: ``intercept``, one column per other fixed effect named after it (``x``),
+    the group, then ``ranef_intercept`` and ``ranef_<column>`` per random effect of that group.
 
-    ``coef`` gives the per-group ``intercept`` and ``slope`` (the first non-intercept fixed effect); the
-    ``ranef_*`` columns are the conditional modes.  Write it with ``.to_csv(path, index=False)``.
+    The coefficient columns are R's ``coef(m)[[group]]`` (fixed effects plus the level's random effects),
+    the ``ranef_*`` columns the conditional modes.  Write it with ``.to_csv(path, index=False)``.
     """
     d = model.design
     group = group or d.group_names[0]
     k = d.group_names.index(group)
     table = coef(model)[group]
-    names = list(model.fixef.index)
-    slope = next((n for n in names if n != "(Intercept)"), None)
     out = pd.DataFrame({"intercept": table["(Intercept)"].values if "(Intercept)" in table else np.nan})
-    if slope is not None:
-        out["slope"] = table[slope].values
+    for name in model.fixef.index:
+        if name != "(Intercept)":
+            out[name] = table[name].values
     out[group] = list(d.group_levels[k])
     modes = model.conditional_modes[k]
     for j, c in enumerate(d.block_columns(k)):
@@ -121,79 +135,99 @@ def group_coefficients(model, group: str | None = None) -> pd.DataFrame:
     return out
 
 
-def _stars(p: float) -> str:
-    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "." if p < 0.1 else " "
+class Summary(str):
+    """The text of lmerTest's ``summary(m)``: a ``str`` that a REPL shows as the text itself (R prints a
+    summary once; ``print(m.summary())`` and an interactive ``m.summary()`` both show it once)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(str(self))
 
 
-def summary_text(model) -> str:
-    """What lmerTest's ``summary(m)`` prints."""
+def random_effects_lines(model, digits: int = 4) -> list[str]:
+    """lme4's ``formatVC`` table (Groups, Name, Variance, Std.Dev., Corr), left-justified as R prints it."""
+    covariances = model.term_covariances()
+    sds = np.concatenate([np.sqrt(np.diag(S)) for _, _, S in covariances] + [[model.sigma]])
+    rows = []
+    for name, cols, S in covariances:
+        rows += [[name if i == 0 else "", c] for i, c in enumerate(cols)]
+    rows.append(["Residual", ""])
+    cells = np.column_stack([np.array(rows, dtype=object), format_numbers(sds**2, digits), format_numbers(sds, digits)])
+    header = ["Groups", "Name", "Variance", "Std.Dev."]
+    width = max(len(cols) for _, cols, _ in covariances)
+    if width > 1:  # R: round(cor, 2) formatted per term with nsmall = 2, lower triangle, last column dropped
+        corr = np.full((len(rows), width - 1), "", dtype=object)
+        first = 0
+        for _, cols, S in covariances:
+            sd = np.sqrt(np.diag(S))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cor = S / np.outer(sd, sd)
+            text = np.array(format_numbers(np.round(cor, 2).ravel(), 7, "NaN", 2), dtype=object).reshape(cor.shape)
+            for i in range(1, len(cols)):
+                corr[first + i, :i] = text[i, :i]
+            first += len(cols)
+        cells = np.column_stack([cells, corr])
+        header += ["Corr"] + [""] * (width - 2)
+    return matrix_lines([""] * len(rows), header, cells, right=False)
+
+
+def fixed_effects_correlation_lines(model) -> list[str]:
+    """lme4's "Correlation of Fixed Effects" block: rows named by ``abbreviate(names, 11)``, columns by
+    ``abbreviate(names, 6)`` (``(Intr)``), round(r, 3) shown with 3 decimals, lower triangle only."""
+    names = list(model.design.fixef_names)
+    V = model.vcov.to_numpy()
+    s = np.sqrt(np.diag(V))
+    C = np.round(V / np.outer(s, s), 3)
+    text = np.array(format_numbers(C.ravel(), 7, nsmall=3), dtype=object).reshape(C.shape)
+    text[np.triu_indices(len(names))] = ""
+    return matrix_lines(abbreviate(names, 11)[1:], abbreviate(names, 6)[:-1], text[1:, :-1], right=False)
+
+
+def summary_text(model) -> Summary:
+    """What lmerTest's ``summary(m)`` prints (the ``Data:`` line names ``model.data_name``)."""
     d = model.design
     lines = []
-    method = "REML" if model.reml else "maximum likelihood"
-    lines.append(f"Linear mixed model fit by {method}. t-tests use Satterthwaite's method [lmerModLmerTest]")
+    lines += TITLE_REML if model.reml else TITLE_ML
     lines.append(f"Formula: {model.formula}")
+    lines.append(f"   Data: {model.data_name}")
     if d.n_dropped:
         lines.append(f"  ({d.n_dropped} observations deleted due to missingness)")
     lines.append("")
-    if model.reml:
-        lines.append(f"REML criterion at convergence: {-2 * model.loglik:.1f}")
+    if model.reml:  # lme4's .prt.aictab: rounded to 1 decimal, then format()
+        (criterion,) = format_numbers([round(-2 * model.loglik, 1)], 7)
+        lines.append(f"REML criterion at convergence: {criterion}")
     else:
-        lines.append(f"{'AIC':>9} {'BIC':>9} {'logLik':>9} {'deviance':>9} {'df.resid':>9}")
-        lines.append(
-            f"{model.aic:9.1f} {model.bic:9.1f} {model.loglik:9.1f} {model.deviance:9.1f} {model.nobs - model.npar:9d}"
+        values = format_numbers(np.round([model.aic, model.bic, model.loglik, model.deviance], 1), 7)
+        lines += named_vector_lines(
+            ["AIC", "BIC", "logLik", "deviance", "df.resid"], [*values, str(model.nobs - model.npar)]
         )
     lines.append("")
     resid = model.residuals() / model.sigma
-    q = np.quantile(resid, [0, 0.25, 0.5, 0.75, 1])
+    q = zapsmall(np.quantile(resid, [0, 0.25, 0.5, 0.75, 1]), 5)  # lme4: zapsmall(quantile, digits + 1)
     lines.append("Scaled residuals: ")
-    lines.append("".join(f"{h:>9}" for h in ("Min", "1Q", "Median", "3Q", "Max")))
-    lines.append("".join(f"{v:9.4f}" for v in q))
+    lines += named_vector_lines(["Min", "1Q", "Median", "3Q", "Max"], format_numbers(q, 4))
     lines.append("")
     lines.append("Random effects:")
-    vc_rows = []
-    for name, cols, S in model.term_covariances():
-        sd = np.sqrt(np.diag(S))
-        for i, c in enumerate(cols):
-            cors = [S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan for j in range(i)]
-            vc_rows.append((name if i == 0 else "", c, S[i, i], sd[i], cors))
-    vc_rows.append(("Residual", "", model.sigma**2, model.sigma, []))
-    w1 = max(len("Groups"), *(len(r[0]) for r in vc_rows))
-    w2 = max(len("Name"), *(len(r[1]) for r in vc_rows))
-    header = f" {'Groups':<{w1}} {'Name':<{w2}} {'Variance':>10} {'Std.Dev.':>9}"
-    if any(r[4] for r in vc_rows):
-        header += " Corr"
-    lines.append(header)
-    for g, nm, var, sd, cors in vc_rows:
-        lines.append(f" {g:<{w1}} {nm:<{w2}} {var:10.4g} {sd:9.4g}" + "".join(f" {c:5.2f}" for c in cors))
-    groups = ", ".join(f"{k}, {v}" for k, v in model.ngroups.items())
+    lines += random_effects_lines(model)
+    groups = "; ".join(f"{k}, {v}" for k, v in model.ngroups.items())
     lines.append(f"Number of obs: {model.nobs}, groups:  {groups}")
     lines.append("")
     lines.append("Fixed effects:")
-    ct = coef_table(model)
-    wn = max(len(n) for n in ct.index)
-    lines.append(f"{'':<{wn}} {'Estimate':>11} {'Std. Error':>11} {'df':>9} {'t value':>8} {'Pr(>|t|)':>10}")
-    for name, row in ct.iterrows():
-        p = row["Pr(>|t|)"]
-        lines.append(
-            f"{name:<{wn}} {row['Estimate']:11.4g} {row['Std. Error']:11.4g} {row['df']:9.3f} "
-            f"{row['t value']:8.3f} {p:10.3g} {_stars(p)}"
-        )
-    lines.append("---")
-    lines.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
-    if d.p > 1:
+    lines += coefmat_lines(coef_table(model), digits=4)
+    if d.p > CORRELATION_MAX:  # lme4 says so in a message (getOption("lme4.summary.cor.max"))
+        lines.append("")
+        lines.append(f"Correlation matrix not shown by default, as p = {d.p} > {CORRELATION_MAX}.")
+        lines.append("Use m.vcov if you need it")
+    elif d.p > 1:
         lines.append("")
         lines.append("Correlation of Fixed Effects:")
-        V = model.vcov.values
-        s = np.sqrt(np.diag(V))
-        C = V / np.outer(s, s)
-        short = [n[:6] for n in d.fixef_names]
-        lines.append(" " * (wn + 1) + " ".join(f"{n:>6}" for n in short[:-1]))
-        for i in range(1, d.p):
-            lines.append(f"{d.fixef_names[i]:<{wn}} " + " ".join(f"{C[i, j]:6.3f}" for j in range(i)))
+        lines += fixed_effects_correlation_lines(model)
     if model.singular:
         code = "0 (OK)" if model.converged else "1 (not converged)"
         lines.append(f"optimizer ({model.opt.optimizer}) convergence code: {code}")
         lines.append("boundary (singular) fit: see help('isSingular')")
     if not model.converged:
         lines.append(f"Warning: {model.opt.message}")
-    return "\n".join(lines)
+    return Summary("\n".join(lines))

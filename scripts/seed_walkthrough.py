@@ -33,9 +33,9 @@ def main() -> None:
     for name, (formula, reml) in MODELS.items():
         m = fits[name] = jaxlmm.lmer(formula, data, reml=reml)
         print(f"\n==================== {name}: {formula} ({'REML' if reml else 'ML'})")
-        m.summary()
+        print(m.summary())
         print("\nR2 (rsq):", {k: round(v, 5) for k, v in m.rsq().items()})
-        print("\ntidy():")
+        print("\ntidy() (broom.mixed's table with the Significance column):")
         print(m.tidy().to_string(index=False))
         print("\nper-group coefficients:")
         table = m.group_coefficients()
@@ -49,7 +49,7 @@ def main() -> None:
         table = jaxlmm.anova(*fits.values(), names=list(fits))
     for w in caught:
         print(w.message)
-    print(table.to_string())
+    print(table)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ def test_tidy_layout_and_values(name):
     fx, m = reference(name), fitted(name)
     ref = pd.DataFrame(fx["tidy"])
     ours = m.tidy()
-    assert list(ours.columns) == ["effect", "group", "term", "estimate", "std.error", "statistic", "df", "p.value"]
+    broom = ["effect", "group", "term", "estimate", "std.error", "statistic", "df", "p.value"]
+    assert list(ours.columns) == [*broom, "Significance"]
     assert list(ours.effect) == list(ref.effect)
     assert list(ours.group.fillna("")) == list(ref.group.fillna(""))
     assert list(ours.term) == list(ref.term)
@@ -239,10 +240,10 @@ def test_summary_text_has_lmertest_sections(capsys):
 def test_group_coefficients_csv(tmp_path):
     m = fitted("seed_lmm2_ml")
     table = m.group_coefficients()
-    assert list(table.columns) == ["intercept", "slope", "Group", "ranef_intercept", "ranef_x"]
+    assert list(table.columns) == ["intercept", "x", "Group", "ranef_intercept", "ranef_x"]
     coefs = m.coef()["Group"]
     np.testing.assert_allclose(table.intercept, coefs["(Intercept)"])
-    np.testing.assert_allclose(table.slope, coefs["x"])
+    np.testing.assert_allclose(table.x, coefs["x"])
     path = tmp_path / "coefs.csv"
     table.to_csv(path, index=False)
     assert pd.read_csv(path).shape == table.shape
