@@ -186,9 +186,7 @@ def adjusted_vcov(theta, sigma, design: Design) -> KRAdjusted:
     """pbkrtest's ``vcovAdj`` at (θ, σ) of a REML fit of ``design``."""
     A, B, XtX = dense_products(design)
     Phi, P, Q, information = jax.device_get(
-        kr_ingredients(
-            np.asarray(theta, dtype=float), float(sigma), A, B, XtX, float(design.n), design.structure
-        )
+        kr_ingredients(np.asarray(theta, dtype=float), float(sigma), A, B, XtX, float(design.n), design.structure)
     )
     Phi, P, Q, information = (np.asarray(a) for a in (Phi, P, Q, information))
     smallest = np.min(np.abs(np.linalg.eigvalsh(information)))

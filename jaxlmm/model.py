@@ -18,13 +18,14 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from . import rsq, tables
+from . import ftests, rsq, tables
 from .bootstrap import bootstrap, confint, simulate
 from .cache import bound_executables
 from .crossprod import CrossProducts
 from .design import Design, Structure, new_design_matrices, theta_precondition, theta_scale, theta_start
 from .deviance import criterion_from_parts, profiled_weights, residual_df
 from .errors import JaxlmmError
+from .kenward_roger import KRAdjusted, adjusted_vcov
 from .kernel import (
     criterion_and_gradient,
     criterion_hessian,
@@ -265,13 +266,39 @@ class LinearMixedModel:
         """The same model fitted by ML (lme4's ``refitML``)."""
         return self if not self.reml else fit_problem(self.problem, reml=False, control=self.opt.control)
 
-    def coef_table(self) -> pd.DataFrame:
-        """lmerTest's coefficient table with Satterthwaite df and p-values."""
-        return tables.coef_table(self)
+    def refit_reml(self) -> LinearMixedModel:
+        """The same model fitted by REML (pbkrtest's ``update(m, REML = TRUE)``)."""
+        return self if self.reml else fit_problem(self.problem, reml=True, control=self.opt.control)
 
-    def tidy(self) -> pd.DataFrame:
-        """broom.mixed's ``tidy(m)``: fixed rows (Satterthwaite df, p) and ran_pars rows."""
-        return tables.tidy(self)
+    @functools.cached_property
+    def kenward_roger(self) -> KRAdjusted:
+        """pbkrtest's ``vcovAdj(m)`` (Kenward–Roger's adjusted vcov of β̂, with its P and W), at this fit's
+        estimates; computed on first use (:mod:`jaxlmm.kenward_roger`)."""
+        return adjusted_vcov(self.theta, self.sigma, self.design)
+
+    @property
+    def vcov_adjusted(self) -> pd.DataFrame:
+        """pbkrtest's ``vcovAdj(m)``: ML fits are refitted by REML first, as pbkrtest does."""
+        names = self.design.fixef_names
+        return pd.DataFrame(self.refit_reml().kenward_roger.vcov_adjusted, index=names, columns=names)
+
+    def coef_table(self, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """lmerTest's coefficient table with Satterthwaite (default) or Kenward–Roger df and p-values."""
+        ftests.check_ddf(self, ddf)
+        return tables.coef_table(self, ddf)
+
+    def tidy(self, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """broom.mixed's ``tidy(m)``: fixed rows (Satterthwaite or Kenward–Roger df, p) and ran_pars rows."""
+        ftests.check_ddf(self, ddf)
+        return tables.tidy(self, ddf)
+
+    def anova(self, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """lmerTest's ``anova(m)``: the type III F test of each fixed term (:func:`jaxlmm.ftests.type3_anova`)."""
+        return ftests.type3_anova(self, ddf)
+
+    def contest(self, L, ddf: str = "Satterthwaite", rhs=0.0) -> pd.DataFrame:
+        """lmerTest's ``contest(m, L)``: a t test for one contrast row, an F test for several."""
+        return ftests.contest(self, L, ddf, rhs)
 
     def ranef(self) -> pd.DataFrame:
         """R's ``as.data.frame(ranef(m, condVar = TRUE))``."""
@@ -293,9 +320,11 @@ class LinearMixedModel:
         """Nakagawa & Schielzeth's marginal and conditional R²."""
         return rsq.r2_nakagawa(self)
 
-    def summary(self) -> str:
-        """lmerTest's ``summary(m)`` as text (also printed)."""
-        text = tables.summary_text(self)
+    def summary(self, ddf: str = "Satterthwaite") -> str:
+        """lmerTest's ``summary(m)`` (``ddf="Kenward-Roger"``: ``summary(m, ddf = "Kenward-Roger")``) as text
+        (also printed)."""
+        ftests.check_ddf(self, ddf)
+        text = tables.summary_text(self, ddf)
         print(text)
         return text
 

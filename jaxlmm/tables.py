@@ -5,37 +5,22 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.special
 
-from .inference import satterthwaite_df
+from .ftests import t_tests
 from .params import ran_pars
 
 
-def coef_table(model) -> pd.DataFrame:
-    """lmerTest's ``summary(m)$coefficients``: Estimate, Std. Error, df, t value, Pr(>|t|) (Satterthwaite)."""
-    p = model.design.p
-    df, var = satterthwaite_df(
-        model.theta, model.sigma, np.eye(p), model.cp, model.structure, model.reml, model.theta_scale
-    )
-    est = model.fixef.values
-    se = np.sqrt(np.asarray(var))
-    t = est / se
-    df = np.asarray(df)
-    return pd.DataFrame(
-        {
-            "Estimate": est,
-            "Std. Error": se,
-            "df": df,
-            "t value": t,
-            "Pr(>|t|)": 2 * scipy.special.stdtr(df, -np.abs(t)),
-        },
-        index=model.design.fixef_names,
-    )
+def coef_table(model, ddf: str = "Satterthwaite") -> pd.DataFrame:
+    """lmerTest's ``summary(m, ddf = ...)$coefficients``: Estimate, Std. Error, df, t value, Pr(>|t|)
+    (Satterthwaite; or Kenward–Roger: pbkrtest's adjusted standard errors and KR df)."""
+    table = t_tests(model, np.eye(model.design.p), ddf)
+    table.index = model.design.fixef_names
+    return table
 
 
-def tidy(model) -> pd.DataFrame:
+def tidy(model, ddf: str = "Satterthwaite") -> pd.DataFrame:
     """broom.mixed's ``tidy(m)``: effect, group, term, estimate, std.error, statistic, df, p.value."""
-    ct = coef_table(model)
+    ct = coef_table(model, ddf)
     fixed = pd.DataFrame(
         {
             "effect": "fixed",
@@ -125,12 +110,12 @@ def _stars(p: float) -> str:
     return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "." if p < 0.1 else " "
 
 
-def summary_text(model) -> str:
-    """What lmerTest's ``summary(m)`` prints."""
+def summary_text(model, ddf: str = "Satterthwaite") -> str:
+    """What lmerTest's ``summary(m, ddf = ...)`` prints."""
     d = model.design
     lines = []
     method = "REML" if model.reml else "maximum likelihood"
-    lines.append(f"Linear mixed model fit by {method}. t-tests use Satterthwaite's method [lmerModLmerTest]")
+    lines.append(f"Linear mixed model fit by {method}. t-tests use {ddf}'s method [lmerModLmerTest]")
     lines.append(f"Formula: {model.formula}")
     if d.n_dropped:
         lines.append(f"  ({d.n_dropped} observations deleted due to missingness)")
@@ -169,7 +154,7 @@ def summary_text(model) -> str:
     lines.append(f"Number of obs: {model.nobs}, groups:  {groups}")
     lines.append("")
     lines.append("Fixed effects:")
-    ct = coef_table(model)
+    ct = coef_table(model, ddf)
     wn = max(len(n) for n in ct.index)
     lines.append(f"{'':<{wn}} {'Estimate':>11} {'Std. Error':>11} {'df':>9} {'t value':>8} {'Pr(>|t|)':>10}")
     for name, row in ct.iterrows():
