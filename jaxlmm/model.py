@@ -35,6 +35,7 @@ from .kernel import (
 )
 from .optimize import Control, OptSummary, minimize_theta
 from .params import Params, TermCovariance, term_covariances, varcorr_rows
+from .profile import confint_profile
 from .shapes import Problem, padded_problem
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta entries with a zero lower bound
@@ -343,11 +344,14 @@ class LinearMixedModel:
         return bootstrap(self.problem, self.params, self.reml, nsim, seed, progress, simulation)
 
     def confint(self, method: str = "wald", level: float = 0.95, nsim: int = 1000, seed: int | None = None):
-        """Wald intervals for the fixed effects, or ``method="boot"`` percentile intervals for all parameters."""
-        if method not in ("wald", "boot"):
-            raise JaxlmmError(f"method must be 'wald' or 'boot', not {method!r}")
+        """Wald intervals for the fixed effects, ``method="boot"`` percentile intervals for all parameters, or
+        ``method="profile"`` lme4's profile-likelihood intervals (:func:`jaxlmm.profile.confint_profile`)."""
+        if method not in ("wald", "boot", "profile"):
+            raise JaxlmmError(f"method must be 'wald', 'boot' or 'profile', not {method!r}")
         if not 0 < level < 1:
             raise JaxlmmError(f"level must be between 0 and 1, not {level!r}")
+        if method == "profile":
+            return confint_profile(self, level)
         if method == "boot":
             _check_nsim(nsim)
         return confint(self, method, level, nsim, seed)
