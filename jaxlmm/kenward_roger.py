@@ -20,7 +20,7 @@ No n × n matrix is formed: with A = ZᵀZ, B = ZᵀX, σ² = s, M = ΛᵀAΛ + 
 with W = L⁻¹ΛᵀA, U = L⁻ᵀW (and W_X, U_X, V_X the same for B),
 
     ZᵀΣ⁻¹Z = (A − WᵀW)/s,  ZᵀΣ⁻²Z = (A − WᵀW − UᵀU)/s²,
-    XᵀΣ⁻ᵏX = (XᵀX − W_XᵀW_X − … )/sᵏ (k = 1, 2, 3 terms),   tr Σ⁻² = (n − q + ‖M⁻¹‖²_F)/s²,
+    XᵀΣ⁻ᵏX = (XᵀX − W_XᵀW_X − … )/sᵏ (k = 1, 2, 3 terms),   tr Σ⁻² = (n − 2 tr(ΛU) + tr((ΛU)²))/s²,
 
 and the traces tr(Σ⁻¹GᵢΣ⁻¹Gⱼ) = tr((I⊗Sᵢ) N (I⊗Sⱼ) N) are sums over the level pairs of N = ZᵀΣ⁻¹Z.
 The cost is a few dense q × q products (q = total random effects), memory q²: fine for InstEval's
@@ -134,22 +134,20 @@ def kr_ingredients(theta, sigma, A, B, XtX, n, structure: Structure):
     M = _apply_blocks(lams, structure, LtA.T, transpose=True) + jnp.eye(q)  # ΛᵀAΛ + I
     L = jnp.linalg.cholesky(M)
     tri = jax.scipy.linalg.solve_triangular
-    W = tri(L, LtA, lower=True)
-    U = tri(L, W, lower=True, trans=1)
+    W = tri(L, LtA, lower=True)  # L⁻¹ΛᵀA
+    U = tri(L, W, lower=True, trans=1)  # M⁻¹ΛᵀA
     LtB = _apply_blocks(lams, structure, B, transpose=True)
     WX = tri(L, LtB, lower=True)
     UX = tri(L, WX, lower=True, trans=1)
     VX = tri(L, UX, lower=True)
-    Linv = tri(L, jnp.eye(q), lower=True)
-    WtW = W.T @ W
-    N = (A - WtW) / s  # ZᵀΣ⁻¹Z
-    N2 = (A - WtW - U.T @ U) / s**2  # ZᵀΣ⁻²Z
+    N = (A - W.T @ W) / s  # ZᵀΣ⁻¹Z
     R = (B - W.T @ WX) / s  # ZᵀΣ⁻¹X
     R2 = (B - W.T @ WX - U.T @ UX) / s**2  # ZᵀΣ⁻²X
     XSX = (XtX - WX.T @ WX) / s
     XS2X = (XtX - WX.T @ WX - UX.T @ UX) / s**2
     XS3X = (XtX - WX.T @ WX - UX.T @ UX - VX.T @ VX) / s**3
-    trace_S2 = (n - q + jnp.sum((Linv.T @ Linv) ** 2)) / s**2
+    TA = _apply_blocks(lams, structure, U, transpose=False)  # ΛM⁻¹ΛᵀA
+    trace_S2 = (n - 2.0 * jnp.trace(TA) + jnp.sum(TA * TA.T)) / s**2  # tr((I − ZTZᵀ)²)/s²
     Phi = jnp.linalg.inv(XSX)
     Phi = 0.5 * (Phi + Phi.T)
 
@@ -167,8 +165,10 @@ def kr_ingredients(theta, sigma, A, B, XtX, n, structure: Structure):
     offsets = np.cumsum([0] + [len(S) for S in units])
     K = jnp.zeros((k + 1, k + 1))
     for kb, (Sk, bk, (a1, z1)) in enumerate(zip(units, structure.blocks, slices)):
-        diag = N2[a1:z1, a1:z1].reshape(bk.n_levels, bk.q, bk.n_levels, bk.q)
-        diag = jnp.einsum("gagb->ab", diag)
+        # the level-diagonal blocks of ZᵀΣ⁻²Z = (A − WᵀW − UᵀU)/s², summed over the levels
+        Nk = N[a1:z1, a1:z1].reshape(bk.n_levels, bk.q, bk.n_levels, bk.q)
+        Uk = U[:, a1:z1].reshape(-1, bk.n_levels, bk.q)
+        diag = (s * jnp.einsum("gagb->ab", Nk) - jnp.einsum("igb,iga->ab", Uk, Uk)) / s**2
         K = K.at[offsets[kb] : offsets[kb + 1], k].set(jnp.einsum("iab,ba->i", Sk, diag))
         for lb, (Sl, bl, (a2, z2)) in enumerate(zip(units, structure.blocks, slices)):
             Nkl = N[a1:z1, a2:z2].reshape(bk.n_levels, bk.q, bl.n_levels, bl.q)
