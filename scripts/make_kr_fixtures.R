@@ -36,8 +36,19 @@ s$x <- round(rnorm(nrow(s)), 3)
 s$y <- round(rnorm(12, sd = 0.8)[as.integer(factor(s$subj))] + 0.3 * (s$grp == "g2") + 0.4 * s$x + rnorm(nrow(s)), 4)
 write.csv(s, file.path(out, "singular.csv"), row.names = FALSE)
 
+# lmerTest's ham (balanced: 81 consumers x 4 products x 2 information levels) and an unbalanced subset,
+# the factors written as labels so that every reader codes them as factors
+h <- lmerTest::ham
+h <- data.frame(Consumer = sprintf("c%02d", as.integer(h$Consumer)), Product = paste0("p", h$Product),
+                Information = paste0("i", h$Information), Gender = paste0("g", h$Gender),
+                Informed.liking = h$Informed.liking)
+write.csv(h, file.path(out, "ham.csv"), row.names = FALSE)
+set.seed(11)
+hu <- h[sort(sample(nrow(h), 520)), ]
+write.csv(hu, file.path(out, "ham_unbalanced.csv"), row.names = FALSE)
+
 sleep <- read.csv("tests/fixtures/data/sleepstudy.csv")
-datasets <- list(crossed = d, balanced = b, singular = s, sleepstudy = sleep)
+datasets <- list(crossed = d, balanced = b, singular = s, sleepstudy = sleep, ham = h, ham_unbalanced = hu)
 
 cases <- list(
   list(name = "crossed_full", data = "crossed", formula = "y ~ cond * x + (1 + x | subj) + (1 | item)"),
@@ -45,7 +56,13 @@ cases <- list(
   list(name = "balanced", data = "balanced", formula = "y ~ trt * dose + (1 | block)"),
   list(name = "balanced_oneway", data = "balanced", formula = "y ~ trt + (1 | block)"),
   list(name = "singular", data = "singular", formula = "y ~ grp * x + (1 | subj) + (1 | item)"),
-  list(name = "sleepstudy", data = "sleepstudy", formula = "Reaction ~ Days + (Days | Subject)")
+  list(name = "sleepstudy", data = "sleepstudy", formula = "Reaction ~ Days + (Days | Subject)"),
+  list(name = "crossed_xfirst", data = "crossed", formula = "y ~ x * cond + (1 | subj) + (1 | item)"),
+  list(name = "crossed_noint", data = "crossed", formula = "y ~ 0 + cond + x + (1 | subj)"),
+  list(name = "ham", data = "ham",
+       formula = "Informed.liking ~ Gender * Information * Product + (1 | Consumer) + (1 | Consumer:Product)"),
+  list(name = "ham_unbalanced", data = "ham_unbalanced",
+       formula = "Informed.liking ~ Gender * Information * Product + (1 | Consumer) + (1 | Consumer:Product)")
 )
 
 anova_table <- function(a) {

@@ -16,7 +16,16 @@ from jaxlmm.type3 import type3_contrasts, zapsmall
 
 KR = FIXTURES / "kr"
 DEFAULT_CASES = ["crossed_full", "singular"]  # unbalanced crossed with a factor x covariate interaction; singular
-SLOW_CASES = ["crossed_main", "balanced", "balanced_oneway", "sleepstudy"]
+SLOW_CASES = [
+    "crossed_main",
+    "crossed_xfirst",  # the covariate first: x:cond
+    "crossed_noint",  # no intercept: cond coded with all its levels
+    "balanced",
+    "balanced_oneway",  # one term: lmerTest's type I contrasts
+    "sleepstudy",
+    "ham",  # lmerTest's ham: a three-way interaction of factors, balanced
+    "ham_unbalanced",
+]
 CASES = DEFAULT_CASES + [pytest.param(name, marks=pytest.mark.slow) for name in SLOW_CASES]
 METHODS = {"Satterthwaite": "anova_satterthwaite", "Kenward-Roger": "anova_kenward_roger"}
 
@@ -64,7 +73,9 @@ def test_kenward_roger_and_satterthwaite_differ_on_unbalanced_and_agree_on_balan
     np.testing.assert_allclose(balanced.anova()["DenDF"], balanced.anova(ddf="Kenward-Roger")["DenDF"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["crossed_full", "singular", pytest.param("balanced", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name", ["crossed_full", "singular"] + [pytest.param(n, marks=pytest.mark.slow) for n in ("balanced", "ham")]
+)
 def test_type3_hypotheses_match_lmertest(name):
     """The contrast matrices themselves (lmerTest's attr(anova, "hypotheses"))."""
     fx = kr_reference(name)

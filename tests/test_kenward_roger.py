@@ -18,7 +18,7 @@ KR = FIXTURES / "kr"
 @pytest.mark.parametrize(
     "name",
     ["crossed_full", "singular"]
-    + [pytest.param(n, marks=pytest.mark.slow) for n in ("crossed_main", "sleepstudy", "balanced")],
+    + [pytest.param(n, marks=pytest.mark.slow) for n in ("crossed_main", "sleepstudy", "balanced", "ham_unbalanced")],
 )
 def test_adjusted_vcov_and_coef_table_match_pbkrtest(name):
     fx = kr_reference(name)
