@@ -123,7 +123,6 @@ def _apply_units(units, structure: Structure, M: jnp.ndarray) -> jnp.ndarray:
     return jnp.stack(out) if out else jnp.zeros((0,) + M.shape)
 
 
-@partial(jax.jit, static_argnames=("structure",))
 def kr_ingredients(theta, sigma, A, B, XtX, n, structure: Structure):
     """Φ, the Pᵢ and the expected REML information Iᵢⱼ (module docstring), σ² last.  Pure JAX."""
     s = sigma**2
@@ -182,20 +181,28 @@ def kr_ingredients(theta, sigma, A, B, XtX, n, structure: Structure):
     return Phi, P, Q, 0.5 * (information + information.T)
 
 
+def adjust(Phi, P, Q, information) -> KRAdjusted:
+    """Φ_A = Φ + 2Φ(Σᵢⱼ Wᵢⱼ(Qᵢⱼ − PᵢΦPⱼ))Φ with W = 2I⁻¹ (a generalised inverse when I is near singular,
+    as pbkrtest).  Pure JAX."""
+    smallest = jnp.min(jnp.abs(jnp.linalg.eigvalsh(information)))
+    W = 2.0 * jnp.where(smallest > SINGULAR_INFORMATION, jnp.linalg.inv(information), jnp.linalg.pinv(information))
+    W = 0.5 * (W + W.T)
+    U = jnp.einsum("ij,ijab->ab", W, Q) - jnp.einsum("ij,iab,bc,jcd->ad", W, P, Phi, P)
+    U = 0.5 * (U + U.T)
+    return KRAdjusted(Phi + 2.0 * Phi @ U @ Phi, Phi, P, W)
+
+
 def adjusted_vcov(theta, sigma, design: Design) -> KRAdjusted:
     """pbkrtest's ``vcovAdj`` at (θ, σ) of a REML fit of ``design``."""
     A, B, XtX = dense_products(design)
-    Phi, P, Q, information = jax.device_get(
-        kr_ingredients(np.asarray(theta, dtype=float), float(sigma), A, B, XtX, float(design.n), design.structure)
-    )
-    Phi, P, Q, information = (np.asarray(a) for a in (Phi, P, Q, information))
-    smallest = np.min(np.abs(np.linalg.eigvalsh(information)))
-    W = 2.0 * (np.linalg.inv(information) if smallest > SINGULAR_INFORMATION else np.linalg.pinv(information))
-    W = 0.5 * (W + W.T)
-    PhiP = P @ Phi  # (k, p, p): PᵢΦ
-    U = np.einsum("ij,ijab->ab", W, Q) - np.einsum("ij,iab,jbc->ac", W, PhiP, P)
-    U = 0.5 * (U + U.T)
-    return KRAdjusted(Phi + 2.0 * Phi @ U @ Phi, Phi, P, W)
+    theta = np.asarray(theta, dtype=float)
+    out = _adjusted(theta, float(sigma), A, B, XtX, float(design.n), design.structure)
+    return KRAdjusted(*(np.asarray(a) for a in jax.device_get(out)))
+
+
+@partial(jax.jit, static_argnames=("structure",))
+def _adjusted(theta, sigma, A, B, XtX, n, structure: Structure) -> KRAdjusted:
+    return adjust(*kr_ingredients(theta, sigma, A, B, XtX, n, structure))
 
 
 class KRStatistics(NamedTuple):
@@ -208,25 +215,69 @@ class KRStatistics(NamedTuple):
     A2: float
 
 
-def kr_statistics(L: np.ndarray, Phi: np.ndarray, P: np.ndarray, W: np.ndarray) -> KRStatistics:
-    """Kenward–Roger's df and F scaling for the hypothesis ``Lβ = 0`` (pbkrtest's ``.KR_adjust``,
-    ``Lb_ddf``), from the unadjusted Φ and vcovAdj's P and W."""
-    L = np.atleast_2d(np.asarray(L, dtype=float))
-    Theta = L.T @ np.linalg.solve(L @ Phi @ L.T, L)
-    u = np.einsum("ab,kbc,cd->kad", Theta @ Phi, P, Phi)  # uᵢ = ΘΦPᵢΦ
-    tr = np.trace(u, axis1=1, axis2=2)
-    A1 = float(np.einsum("ij,i,j->", W, tr, tr))
-    A2 = float(np.einsum("ij,iab,jba->", W, u, u))
-    q = int(np.linalg.matrix_rank(L))
+@jax.jit
+def kr_moments(L, Phi, P, W):
+    """KR's ``(ddf, F scaling, A1, A2)`` for ``Lβ = 0`` with L of full row rank q (pbkrtest's ``.KR_adjust``,
+    ``Lb_ddf``).  Pure JAX."""
+    q = L.shape[0]
+    Theta = L.T @ jnp.linalg.solve(L @ Phi @ L.T, L)
+    u = jnp.einsum("ab,kbc,cd->kad", Theta @ Phi, P, Phi)  # uᵢ = ΘΦPᵢΦ
+    tr = jnp.trace(u, axis1=1, axis2=2)
+    A1 = jnp.einsum("ij,i,j->", W, tr, tr)
+    A2 = jnp.einsum("ij,iab,jba->", W, u, u)
     B = (A1 + 6.0 * A2) / (2.0 * q)
     g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
     denom = 3.0 * q + 2.0 * (1.0 - g)
     c1, c2, c3 = g / denom, (q - g) / denom, (q + 2 - g) / denom
     V0 = 1.0 + c1 * B
-    V0 = 0.0 if abs(V0) < 1e-10 else V0
+    V0 = jnp.where(jnp.abs(V0) < 1e-10, 0.0, V0)
     V1, V2 = 1.0 - c2 * B, 1.0 - c3 * B
-    ratio = 1.0 if abs(1.0 - A2 / q) < 1e-14 and abs(V1) < 1e-14 else (1.0 - A2 / q) / V1
+    x = 1.0 - A2 / q
+    ratio = jnp.where((jnp.abs(x) < 1e-14) & (jnp.abs(V1) < 1e-14), 1.0, x / V1)  # pbkrtest's .divZero
     rho = ratio**2 * V0 / (q * V2)
     ddf = 4.0 + (q + 2.0) / (q * rho - 1.0)
-    scaling = 1.0 if abs(ddf - 2.0) < 1e-2 else ddf * (1.0 - A2 / q) / (ddf - 2.0)
-    return KRStatistics(q, float(ddf), float(scaling), A1, A2)
+    scaling = jnp.where(jnp.abs(ddf - 2.0) < 1e-2, 1.0, ddf * x / (ddf - 2.0))
+    return ddf, scaling, A1, A2
+
+
+def kr_statistics(L: np.ndarray, Phi: np.ndarray, P: np.ndarray, W: np.ndarray) -> KRStatistics:
+    """Kenward–Roger's df and F scaling for ``Lβ = 0`` (L of full row rank), from the unadjusted Φ and
+    vcovAdj's P and W."""
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    ddf, scaling, A1, A2 = (float(v) for v in jax.device_get(kr_moments(L, Phi, P, W)))
+    return KRStatistics(L.shape[0], ddf, scaling, A1, A2)
+
+
+def kr_f_lanes(thetas, sigmas, betas, design: Design, L: np.ndarray, batch_size: int = 8):
+    """Kenward–Roger F tests of ``Lβ = 0`` for many fits of one design (e.g. simulated responses):
+    per lane (θ, σ, β̂) → (F, ddf, F scaling) with ``F = scaling (Lβ̂)ᵀ(LΦ_ALᵀ)⁻¹Lβ̂ / q``.  The lanes
+    run ``batch_size`` at a time (each holds a few q × q matrices)."""
+    A, B, XtX = dense_products(design)
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    return jax.device_get(
+        _kr_f_lanes(
+            np.asarray(thetas, dtype=float),
+            np.asarray(sigmas, dtype=float),
+            np.asarray(betas, dtype=float),
+            A,
+            B,
+            XtX,
+            float(design.n),
+            L,
+            design.structure,
+            batch_size,
+        )
+    )
+
+
+@partial(jax.jit, static_argnames=("structure", "batch_size"))
+def _kr_f_lanes(thetas, sigmas, betas, A, B, XtX, n, L, structure: Structure, batch_size: int):
+    def one(lane):
+        theta, sigma, beta = lane
+        kr = adjust(*kr_ingredients(theta, sigma, A, B, XtX, n, structure))
+        ddf, scaling, _, _ = kr_moments(L, kr.vcov, kr.P, kr.W)
+        Lb = L @ beta
+        F = Lb @ jnp.linalg.solve(L @ kr.vcov_adjusted @ L.T, Lb) / L.shape[0]
+        return scaling * F, ddf, scaling
+
+    return jax.lax.map(one, (thetas, sigmas, betas), batch_size=batch_size)

@@ -109,3 +109,17 @@ def test_variance_parameters_follow_pbkrtest():
     assert len(kenward_roger.variance_parameters(full.structure)) == 3
     assert len(kenward_roger.variance_parameters(split.structure)) == 2
     assert split.kenward_roger.W.shape == (3, 3)
+
+
+@pytest.mark.slow
+def test_kr_f_lanes_batch_the_anova_f_test():
+    """The batched KR F test (for simulated fits) at the fitted values is lmerTest's KR row."""
+    fx = kr_reference("crossed_full")
+    m = kr_fitted("crossed_full")
+    L = np.atleast_2d(fx["hypotheses"]["cond"])
+    F, ddf, scaling = kenward_roger.kr_f_lanes(
+        np.tile(m.theta, (3, 1)), np.full(3, m.sigma), np.tile(m.fixef.values, (3, 1)), m.design, L, batch_size=2
+    )
+    ref = fx["anova_kenward_roger"]
+    np.testing.assert_allclose(F, ref["F"][0], rtol=1e-5)
+    np.testing.assert_allclose(ddf, ref["DenDF"][0], rtol=1e-5)
