@@ -222,6 +222,11 @@ def profile(model, cutoff: float) -> Profile:
     se = _standard_errors(ml, layout, u_hat)
     base = ml.deviance
     x_hat = _to_free(layout.kinds, u_hat)
+    # fixed-effect profiles start at θ̂, a zero diagonal entry (singular fit) nudged off the point where the
+    # criterion's symmetry in it makes its gradient vanish
+    on_diagonal = np.isfinite(ml.structure.lower)
+    nudge = 1e-3 * ml.theta_scale
+    theta_start = np.where(on_diagonal & (np.abs(ml.theta) < nudge), nudge, np.asarray(ml.theta, dtype=float))
 
     steps = np.concatenate([-COARSE_STEPS[::-1], COARSE_STEPS])
     lanes = {"var": m * steps.size, "fixed": len(beta) * steps.size}  # every call pads to these (one compile)
@@ -241,7 +246,7 @@ def profile(model, cutoff: float) -> Profile:
         if (~var).any():
             count, size = int((~var).sum()), lanes["fixed"]
             f = _fixed_kernel(
-                np.asarray(ml.theta, dtype=float),
+                theta_start,
                 padded(which[~var] - m, size),
                 padded(value[~var], size),
                 ml.cp,

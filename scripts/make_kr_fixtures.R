@@ -130,7 +130,9 @@ for (kc in krcases) {
 pcases <- list(
   list(name = "profile_sleepstudy", data = "sleepstudy", formula = "Reaction ~ Days + (Days | Subject)", REML = TRUE),
   list(name = "profile_sleepstudy_ml", data = "sleepstudy", formula = "Reaction ~ Days + (Days | Subject)", REML = FALSE),
-  list(name = "profile_crossed", data = "crossed", formula = "y ~ cond + x + (1 | subj) + (1 | item)", REML = TRUE)
+  list(name = "profile_crossed", data = "crossed", formula = "y ~ cond + x + (1 | subj) + (1 | item)", REML = TRUE),
+  list(name = "profile_sleepstudy_dblbar", data = "sleepstudy",
+       formula = "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", REML = TRUE)
 )
 for (pc in pcases) {
   m <- lme4::lmer(as.formula(pc$formula), data = datasets[[pc$data]], REML = pc$REML, control = ctrl)

@@ -33,6 +33,12 @@ def test_profile_intervals_match_lme4_sleepstudy():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["profile_sleepstudy_ml", "profile_crossed"])
+@pytest.mark.parametrize("name", ["profile_sleepstudy_ml", "profile_crossed", "profile_sleepstudy_dblbar"])
 def test_profile_intervals_match_lme4(name):
     check(name)
+
+
+def test_profile_refuses_bad_levels():
+    m = jaxlmm.lmer("Reaction ~ Days + (Days | Subject)", kr_data("sleepstudy"))
+    with pytest.raises(jaxlmm.JaxlmmError, match="level"):
+        m.confint(method="profile", level=1.5)
