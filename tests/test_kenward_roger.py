@@ -123,3 +123,5 @@ def test_kr_f_lanes_batch_the_anova_f_test():
     ref = fx["anova_kenward_roger"]
     np.testing.assert_allclose(F, ref["F"][0], rtol=1e-5)
     np.testing.assert_allclose(ddf, ref["DenDF"][0], rtol=1e-5)
+    unscaled = ref["SumSq"][0] / (fx["sigma"] ** 2 * ref["NumDF"][0])  # lmerTest's Sum Sq is F before scaling
+    np.testing.assert_allclose(scaling, ref["F"][0] / unscaled, rtol=1e-5)
