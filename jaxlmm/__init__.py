@@ -13,7 +13,7 @@ from .cache import count_executables, default_folder, use_compilation_cache
 use_compilation_cache(default_folder())
 count_executables()
 
-from .api import anova, fit_batch, lmer, pbtest, power, power_curve
+from .api import anova, fit_batch, krtest, lmer, pbtest, power, power_curve
 from .batch import BatchFit
 from .datasets import load_seed
 from .errors import DataError, FormulaError, JaxlmmError, ModelComparisonError
@@ -32,6 +32,7 @@ __all__ = [
     "Params",
     "anova",
     "fit_batch",
+    "krtest",
     "lmer",
     "load_seed",
     "parse_formula",

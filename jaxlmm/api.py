@@ -12,7 +12,7 @@ import pandas as pd
 
 from .batch import BatchFit, fit_responses, response_matrix
 from .buckets import fit_by, fit_datasets
-from .compare import PBTest, anova, pbtest
+from .compare import KRTest, PBTest, anova, krtest, pbtest
 from .design import build_design
 from .errors import DataError, JaxlmmError
 from .formula import parse_formula
@@ -20,7 +20,7 @@ from .model import LinearMixedModel, fit_design
 from .optimize import Control
 from .power import power, power_curve
 
-__all__ = ["PBTest", "anova", "fit_batch", "lmer", "pbtest", "power", "power_curve"]
+__all__ = ["KRTest", "PBTest", "anova", "fit_batch", "krtest", "lmer", "pbtest", "power", "power_curve"]
 
 
 def lmer(

@@ -1,6 +1,7 @@
 """Comparisons of nested models: lme4's ``anova(m1, m2, ...)`` and pbkrtest's ``PBmodcomp``.
 
 * :func:`anova` — likelihood-ratio table, REML fits refitted by ML, optionally a bootstrap p-value column;
+* :func:`krtest` — pbkrtest's ``KRmodcomp``: the Kenward–Roger F test of a smaller mean structure;
 * :func:`pbtest` — the parametric bootstrap LRT (Halekoh & Højsgaard 2014): simulate from the smaller
   model, refit both by ML to every simulated response, p = (1 + #{LRT* ≥ LRT}) / (1 + #valid)
   (:func:`bootstrap_p_value`); :func:`simulated_lrt` is the refitting step, which power analysis shares.
@@ -32,6 +33,7 @@ import scipy.special
 from .batch import fit_products
 from .bootstrap import simulated_products
 from .errors import ModelComparisonError
+from .ftests import kr_f_test
 from .model import LinearMixedModel
 from .params import Params
 from .rformat import coefmat_lines
@@ -360,4 +362,70 @@ def pbtest(
         nsim,
         float(pbkrtest_p_value(reference, lrt)),
         int((sim.converged & sim.negative).sum()),
+    )
+
+
+@dataclass(frozen=True)
+class KRTest:
+    """pbkrtest's ``KRmodcomp`` result: the scaled F test (``Ftest``) and the unscaled one (``FtestU``)."""
+
+    F: float
+    ndf: int
+    ddf: float
+    scaling: float  # F.scaling
+    p_value: float
+    F_unscaled: float
+    p_unscaled: float
+    L: np.ndarray  # the restriction matrix tested
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "stat": [self.F, self.F_unscaled],
+                "ndf": [self.ndf, self.ndf],
+                "ddf": [self.ddf, self.ddf],
+                "F.scaling": [self.scaling, np.nan],
+                "p.value": [self.p_value, self.p_unscaled],
+            },
+            index=["Ftest", "FtestU"],
+        )
+
+
+def _rank(M: np.ndarray) -> int:
+    return int(np.linalg.matrix_rank(M)) if M.size else 0
+
+
+def restriction_matrix(X_large: np.ndarray, X_small: np.ndarray) -> np.ndarray:
+    """pbkrtest's ``make_restriction_matrix``: L whose null space is the small model's mean space."""
+    both = np.column_stack([X_small, X_large])
+    Q, _ = np.linalg.qr(both)
+    Q2 = Q[:, _rank(X_small) : _rank(X_large)]
+    Q3, _ = np.linalg.qr((Q2.T @ X_large).T)
+    return Q3.T
+
+
+def krtest(large, small) -> KRTest:
+    """pbkrtest's ``KRmodcomp(large, small)``: Kenward–Roger F test of the smaller mean structure, with
+    the larger model's covariance (refitted by REML if it is an ML fit, as pbkrtest does)."""
+    same_observations([large, small])
+    Xl, Xs = large.design.X, small.design.X
+    rl, rs, rb = _rank(Xl), _rank(Xs), _rank(np.column_stack([Xl, Xs]))
+    if rb != max(rl, rs) or rl == rs:
+        raise ModelComparisonError("Models have equal mean structure or are not nested")
+    if rs > rl:
+        large, small, Xl, Xs = small, large, Xs, Xl
+    if not large.reml:
+        large = large.refit_reml()
+    L = restriction_matrix(Xl, Xs)
+    stats, F_unscaled = kr_f_test(L, large.fixef.values, large.kenward_roger)
+    F = stats.scaling * F_unscaled
+    return KRTest(
+        F=F,
+        ndf=stats.ndf,
+        ddf=stats.ddf,
+        scaling=stats.scaling,
+        p_value=float(scipy.special.fdtrc(stats.ndf, stats.ddf, F)),
+        F_unscaled=F_unscaled,
+        p_unscaled=float(scipy.special.fdtrc(stats.ndf, stats.ddf, F_unscaled)),
+        L=L,
     )

@@ -18,7 +18,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from . import rsq, tables
+from . import ftests, rsq, tables
 from .bootstrap import bootstrap, confint, simulate
 from .cache import bound_executables
 from .crossprod import CrossProducts
@@ -33,6 +33,7 @@ from .design import (
 )
 from .deviance import criterion_from_parts, profiled_weights, residual_df
 from .errors import JaxlmmError
+from .kenward_roger import KRAdjusted, adjusted_vcov
 from .kernel import (
     criterion_and_gradient,
     criterion_hessian,
@@ -42,6 +43,7 @@ from .kernel import (
 )
 from .optimize import Control, OptSummary, minimize_theta
 from .params import Params, TermCovariance, term_covariances, varcorr_rows
+from .profile import confint_profile
 from .shapes import Problem, padded_problem
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta entries with a zero lower bound
@@ -290,13 +292,39 @@ class LinearMixedModel:
         refit.data_name = self.data_name
         return refit
 
-    def coef_table(self) -> pd.DataFrame:
-        """lmerTest's coefficient table with Satterthwaite df and p-values."""
-        return tables.coef_table(self)
+    def refit_reml(self) -> LinearMixedModel:
+        """The same model fitted by REML (pbkrtest's ``update(m, REML = TRUE)``)."""
+        return self if self.reml else fit_problem(self.problem, reml=True, control=self.opt.control)
 
-    def tidy(self) -> pd.DataFrame:
-        """broom.mixed's ``tidy(m)``: fixed rows (Satterthwaite df, p) and ran_pars rows."""
-        return tables.tidy(self)
+    @functools.cached_property
+    def kenward_roger(self) -> KRAdjusted:
+        """pbkrtest's ``vcovAdj(m)`` (Kenward–Roger's adjusted vcov of β̂, with its P and W), at this fit's
+        estimates; computed on first use (:mod:`jaxlmm.kenward_roger`)."""
+        return adjusted_vcov(self.theta, self.sigma, self.design)
+
+    @property
+    def vcov_adjusted(self) -> pd.DataFrame:
+        """pbkrtest's ``vcovAdj(m)``: ML fits are refitted by REML first, as pbkrtest does."""
+        names = self.design.fixef_names
+        return pd.DataFrame(self.refit_reml().kenward_roger.vcov_adjusted, index=names, columns=names)
+
+    def coef_table(self, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """lmerTest's coefficient table with Satterthwaite (default) or Kenward–Roger df and p-values."""
+        ftests.check_ddf(self, ddf)
+        return tables.coef_table(self, ddf)
+
+    def tidy(self, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """broom.mixed's ``tidy(m)``: fixed rows (Satterthwaite or Kenward–Roger df, p) and ran_pars rows."""
+        ftests.check_ddf(self, ddf)
+        return tables.tidy(self, ddf)
+
+    def anova(self, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """lmerTest's ``anova(m)``: the type III F test of each fixed term (:func:`jaxlmm.ftests.type3_anova`)."""
+        return ftests.type3_anova(self, ddf)
+
+    def contest(self, L, ddf: str = "Satterthwaite", rhs=0.0) -> pd.DataFrame:
+        """lmerTest's ``contest(m, L)``: a t test for one contrast row, an F test for several."""
+        return ftests.contest(self, L, ddf, rhs)
 
     def ranef(self) -> pd.DataFrame:
         """R's ``as.data.frame(ranef(m, condVar = TRUE))``."""
@@ -318,10 +346,12 @@ class LinearMixedModel:
         """Nakagawa & Schielzeth's marginal and conditional R²."""
         return rsq.r2_nakagawa(self)
 
-    def summary(self) -> tables.Summary:
-        """lmerTest's ``summary(m)``: its text, as a :class:`~jaxlmm.tables.Summary` (a ``str`` whose repr
-        is the text, so a REPL shows it once); ``print(m.summary())`` prints it."""
-        return tables.summary_text(self)
+    def summary(self, ddf: str = "Satterthwaite") -> tables.Summary:
+        """lmerTest's ``summary(m)`` (``ddf="Kenward-Roger"``: ``summary(m, ddf = "Kenward-Roger")``): its
+        text, as a :class:`~jaxlmm.tables.Summary` (a ``str`` whose repr is the text, so a REPL shows it
+        once); ``print(m.summary())`` prints it."""
+        ftests.check_ddf(self, ddf)
+        return tables.summary_text(self, ddf)
 
     # ----------------------------------------------------------- simulation (see bootstrap.py)
     def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:
@@ -338,11 +368,14 @@ class LinearMixedModel:
         return bootstrap(self.problem, self.params, self.reml, nsim, seed, progress, simulation)
 
     def confint(self, method: str = "wald", level: float = 0.95, nsim: int = 1000, seed: int | None = None):
-        """Wald intervals for the fixed effects, or ``method="boot"`` percentile intervals for all parameters."""
-        if method not in ("wald", "boot"):
-            raise JaxlmmError(f"method must be 'wald' or 'boot', not {method!r}")
+        """Wald intervals for the fixed effects, ``method="boot"`` percentile intervals for all parameters, or
+        ``method="profile"`` lme4's profile-likelihood intervals (:func:`jaxlmm.profile.confint_profile`)."""
+        if method not in ("wald", "boot", "profile"):
+            raise JaxlmmError(f"method must be 'wald', 'boot' or 'profile', not {method!r}")
         if not 0 < level < 1:
             raise JaxlmmError(f"level must be between 0 and 1, not {level!r}")
+        if method == "profile":
+            return confint_profile(self, level)
         if method == "boot":
             _check_nsim(nsim)
         return confint(self, method, level, nsim, seed)

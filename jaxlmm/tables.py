@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.special
 
-from .inference import satterthwaite_df
+from .ftests import t_tests
 from .params import ran_pars
 from .rformat import abbreviate, coefmat_lines, format_numbers, matrix_lines, named_vector_lines, stars, zapsmall
 
@@ -17,36 +16,22 @@ TITLE_ML = ["Linear mixed model fit by maximum likelihood . t-tests use Satterth
 CORRELATION_MAX = 12  # lme4.summary.cor.max: larger fixed-effect correlation matrices are not printed
 
 
-def coef_table(model) -> pd.DataFrame:
-    """lmerTest's ``summary(m)$coefficients``: Estimate, Std. Error, df, t value, Pr(>|t|) (Satterthwaite)."""
-    p = model.design.p
-    df, var = satterthwaite_df(
-        model.theta, model.sigma, np.eye(p), model.cp, model.structure, model.reml, model.theta_scale
-    )
-    est = model.fixef.values
-    se = np.sqrt(np.asarray(var))
-    t = est / se
-    df = np.asarray(df)
-    return pd.DataFrame(
-        {
-            "Estimate": est,
-            "Std. Error": se,
-            "df": df,
-            "t value": t,
-            "Pr(>|t|)": 2 * scipy.special.stdtr(df, -np.abs(t)),
-        },
-        index=model.design.fixef_names,
-    )
+def coef_table(model, ddf: str = "Satterthwaite") -> pd.DataFrame:
+    """lmerTest's ``summary(m, ddf = ...)$coefficients``: Estimate, Std. Error, df, t value, Pr(>|t|)
+    (Satterthwaite; or Kenward–Roger: pbkrtest's adjusted standard errors and KR df)."""
+    table = t_tests(model, np.eye(model.design.p), ddf)
+    table.index = model.design.fixef_names
+    return table
 
 
-def tidy(model) -> pd.DataFrame:
-    """broom.mixed's ``tidy(m)`` (effect, group, term, estimate, std.error, statistic, df, p.value) and the
+def tidy(model, ddf: str = "Satterthwaite") -> pd.DataFrame:
+    """broom.mixed's ``tidy(m)`` (Satterthwaite or Kenward–Roger df and p; effect, group, term, estimate, std.error, statistic, df, p.value) and the
     seed analysis's ``Significance`` column of stars: ``***`` p < 0.001, ``**`` < 0.01, ``*`` < 0.05,
     ``.`` < 0.1, blank otherwise, and blank on ran_pars rows.
 
     Where broom.mixed has NA (the group of a fixed effect; std.error, statistic, df, p.value of a ran_pars
     row) the table has NaN, pandas' missing value (``isna`` finds it), never ``None``."""
-    ct = coef_table(model)
+    ct = coef_table(model, ddf)
     fixed = pd.DataFrame(
         {
             "effect": "fixed",
@@ -185,11 +170,11 @@ def fixed_effects_correlation_lines(model) -> list[str]:
     return matrix_lines(abbreviate(names, 11)[1:], abbreviate(names, 6)[:-1], text[1:, :-1], right=False)
 
 
-def summary_text(model) -> Summary:
-    """What lmerTest's ``summary(m)`` prints (the ``Data:`` line names ``model.data_name``)."""
+def summary_text(model, ddf: str = "Satterthwaite") -> Summary:
+    """What lmerTest's ``summary(m, ddf = ...)`` prints (the ``Data:`` line names ``model.data_name``)."""
     d = model.design
     lines = []
-    lines += TITLE_REML if model.reml else TITLE_ML
+    lines += [t.replace("Satterthwaite", ddf) for t in (TITLE_REML if model.reml else TITLE_ML)]  # same width
     lines.append(f"Formula: {model.formula}")
     lines.append(f"   Data: {model.data_name}")
     if d.n_dropped:
@@ -215,7 +200,7 @@ def summary_text(model) -> Summary:
     lines.append(f"Number of obs: {model.nobs}, groups:  {groups}")
     lines.append("")
     lines.append("Fixed effects:")
-    lines += coefmat_lines(coef_table(model), digits=4)
+    lines += coefmat_lines(coef_table(model, ddf), digits=4)
     if d.p > CORRELATION_MAX:  # lme4 says so in a message (getOption("lme4.summary.cor.max"))
         lines.append("")
         lines.append(f"Correlation matrix not shown by default, as p = {d.p} > {CORRELATION_MAX}.")

@@ -248,7 +248,7 @@ def test_argument_errors():
     for call in (
         lambda: m.simulate(0),
         lambda: m.bootstrap(-1),
-        lambda: m.confint(method="profile"),
+        lambda: m.confint(method="likelihood"),  # profile intervals exist now (jaxlmm.profile)
         lambda: m.confint(level=95),
     ):
         with pytest.raises(JaxlmmError):
