@@ -303,10 +303,38 @@ class Design:
     rows: pd.Index  # index labels of the rows used
     n_dropped: int = 0  # rows dropped for missing values
     dropped_fixef: list[str] = field(default_factory=list)  # aliased X columns dropped
+    weights: np.ndarray | None = None  # (n,) prior weights (lme4's weights=): Var(εᵢ) = σ²/wᵢ; None: all 1
+    offset: np.ndarray | None = None  # (n,) the offset(...) terms plus offset=, added to Xβ; None: 0
+    offset_argument: bool = False  # part of the offset came from offset= (lme4 does not apply it to newdata)
 
     @property
     def n(self) -> int:
         return self.y.shape[0]
+
+    @property
+    def sum_log_weights(self) -> float:
+        """``Σ log wᵢ``: lme4's deviance and REML criterion carry ``−Σ log wᵢ`` (its ``ldW``), the log
+        determinant of the residual precision ``W``; 0 without weights."""
+        return 0.0 if self.weights is None else float(np.sum(np.log(self.weights)))
+
+    def model_response(self, Y: np.ndarray) -> np.ndarray:
+        """``√w ⊙ (Y − offset)`` for responses Y (n,) or (n, B): the response of the profiled criterion
+        (lme4 works on the √w-scaled rows of ``[Z X y − offset]``); ``Y`` itself without weights or offset."""
+        Y = np.asarray(Y, dtype=float)
+        shape = (-1,) + (1,) * (Y.ndim - 1)
+        if self.offset is not None:
+            Y = Y - self.offset.reshape(shape)
+        if self.weights is not None:
+            Y = Y * np.sqrt(self.weights).reshape(shape)
+        return Y
+
+    @functools.cached_property
+    def model_matrices(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """X and the per-block Z with rows scaled by ``√wᵢ`` (the arrays themselves without weights)."""
+        if self.weights is None:
+            return self.X, self.Z
+        root = np.sqrt(self.weights)[:, None]
+        return root * self.X, [root * Z for Z in self.Z]
 
     @property
     def p(self) -> int:
@@ -445,7 +473,7 @@ class BarTerm:
         return len(self.levels)
 
 
-def build_design(formula: Formula, data: pd.DataFrame) -> Design:
+def build_design(formula: Formula, data: pd.DataFrame, weights=None, offset=None) -> Design:
     """lme4's ``lFormula``: the response, X, the random-effects terms and theta's layout, in stages:
     :func:`model_frame` (used columns, complete rows) → :func:`response` → :func:`variable_specs` →
     :func:`fixed_effects` (X, aliased columns dropped) → :func:`bar_terms` (Z and grouping factor per bar,
@@ -462,11 +490,17 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
     columns of X that are linear combinations of earlier ones are dropped, with a warning naming them
     ("fixed-effect model matrix is rank deficient so dropping k columns / coefficients"), and the model is
     fitted without them; ``Design.dropped_fixef`` lists them.
+
+    **Prior weights and offsets** (lme4's ``weights=``, ``offset(...)`` terms and ``offset=``): see
+    :func:`weights_and_offset`; rows where either is missing are dropped with the others.
     """
-    frame, rows, n_dropped = model_frame(formula, data)
+    extra = weights_and_offset(formula, data, weights, offset)
+    frame, rows, n_dropped = model_frame(formula, data, extra)
+    w = _checked_weights(frame.pop(WEIGHTS, None))
+    o = _checked_offset(frame.pop(OFFSET, None))
     y = response(formula, frame)
     specs = variable_specs(formula, frame)
-    X, names, dropped = fixed_effects(formula, frame, specs, y)
+    X, names, dropped = fixed_effects(formula, frame, specs, y if o is None else y - o)
     terms, structure, group_names, group_levels, codes, Z = assemble_blocks(bar_terms(formula, frame, specs, len(y)))
     return Design(
         formula=formula,
@@ -483,12 +517,100 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
         rows=rows,
         n_dropped=n_dropped,
         dropped_fixef=dropped,
+        weights=w,
+        offset=o,
+        offset_argument=offset is not None,
     )
 
 
-def model_frame(formula: Formula, data: pd.DataFrame) -> tuple[dict[str, pd.Series], pd.Index, int]:
+WEIGHTS, OFFSET = "(weights)", "(offset)"  # their names in the model frame, as R's model.frame names them
+
+
+def argument_values(what: str, value, data: pd.DataFrame) -> pd.Series:
+    """A ``weights=``/``offset=`` argument as one float per row of ``data`` (NaN where missing): a column
+    name (or an expression of columns, as in a formula) or an array of ``len(data)`` values."""
+    if isinstance(value, str):
+        values = evaluate(value, data)
+    else:
+        if np.ndim(value) != 1:
+            raise DataError(
+                f"{what} must be a column name or a vector of one value per row, not shape {np.shape(value)}"
+            )
+        if len(value) != len(data):
+            raise DataError(f"{what} has {len(value)} values for {len(data)} rows of data (variable lengths differ)")
+        values = pd.Series(value.to_numpy() if isinstance(value, pd.Series) else value, index=data.index)
+    return _as_float(what, values)
+
+
+def _as_float(what: str, values: pd.Series) -> pd.Series:
+    dtype = values.dtype
+    if pd.api.types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype):
+        raise DataError(f"{what} must be numeric, not {'logical' if pd.api.types.is_bool_dtype(dtype) else 'a factor'}")
+    if pd.api.types.is_complex_dtype(dtype) or not (pd.api.types.is_numeric_dtype(dtype) or dtype == object):
+        raise DataError(f"{what} must be numeric, not {dtype}")
+    try:
+        return pd.to_numeric(values).astype(float)
+    except (ValueError, TypeError):
+        example = values.dropna().iloc[0] if values.notna().any() else None
+        raise DataError(f"{what} must be numeric (e.g. {example!r} is not a number)") from None
+
+
+def weights_and_offset(formula: Formula, data: pd.DataFrame, weights=None, offset=None) -> dict[str, pd.Series]:
+    """The model frame's ``(weights)`` and ``(offset)`` columns (R's ``model.frame`` names), on all rows of
+    ``data``: the prior weights, and the sum of the formula's ``offset(expr)`` terms and the ``offset=``
+    argument.  Each is a column name or an array of one value per row; a missing value drops its row (as
+    lme4's ``na.omit``); a type that is not numeric or a vector of the wrong length is a ``DataError``."""
+    extra = {}
+    if weights is not None:
+        extra[WEIGHTS] = argument_values("weights", weights, data)
+    parts = [_as_float(f"offset({expr})", _offset_term(expr, data)) for expr in formula.offsets]
+    if offset is not None:
+        parts.append(argument_values("offset", offset, data))
+    if parts:
+        extra[OFFSET] = sum(parts[1:], parts[0])
+    return extra
+
+
+def _offset_term(expr: str, data: pd.DataFrame) -> pd.Series:
+    """The values of ``offset(expr)``: a column, or any expression of columns (such as ``2 * x``)."""
+    return evaluate(expr if expr in data.columns else f"I({expr})", data)
+
+
+def _checked_weights(values: pd.Series | None) -> np.ndarray | None:
+    """The prior weights of the complete rows: finite and positive.  lme4 refuses negative weights and, with a
+    zero weight, returns an infinite criterion (``−Σ log wᵢ``; lme4 issue #880): refused here, with advice."""
+    if values is None:
+        return None
+    w = values.to_numpy(dtype=float)
+    bad = ~np.isfinite(w)
+    if bad.any():
+        raise DataError(f"weights must be finite: {int(bad.sum())} infinite values (e.g. row {int(np.argmax(bad))})")
+    if (w < 0).any():
+        raise DataError(f"weights must be positive: {int((w < 0).sum())} negative values (min {w.min():g})")
+    if (w == 0).any():
+        raise DataError(
+            f"weights must be positive: {int((w == 0).sum())} zero weights.  lme4's criterion carries "
+            "-sum(log(weights)), infinite with a zero weight (lme4 returns an Inf criterion); drop those rows instead"
+        )
+    if w.max() > MAX_ABS or w.min() < 1.0 / MAX_ABS:
+        raise DataError(f"weights span {w.min():.3g} to {w.max():.3g}: too wide for float64 arithmetic; rescale them")
+    return w
+
+
+def _checked_offset(values: pd.Series | None) -> np.ndarray | None:
+    """The offset of the complete rows: finite."""
+    if values is None:
+        return None
+    check_numeric("offset", values)
+    return values.to_numpy(dtype=float)
+
+
+def model_frame(
+    formula: Formula, data: pd.DataFrame, extra: dict[str, pd.Series] | None = None
+) -> tuple[dict[str, pd.Series], pd.Index, int]:
     """The used variables, checked for their role, on the complete rows (R's ``na.omit``): the frame, the
-    index labels of the rows kept, and the number dropped."""
+    index labels of the rows kept, and the number dropped.  ``extra`` columns (the ``(weights)`` and
+    ``(offset)`` of :func:`weights_and_offset`) join the frame and its missing-value rule."""
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
     if formula.response is None:
@@ -504,6 +626,7 @@ def model_frame(formula: Formula, data: pd.DataFrame) -> tuple[dict[str, pd.Seri
     for v in formula.variables:
         role = "response" if v == formula.response else "covariate" if used_as_covariate(v, formula) else "grouping"
         raw[v] = clean_column(v, evaluate(v, data), role)
+    raw.update(extra or {})
     missing = {v: pd.isna(values).to_numpy() for v, values in raw.items()}
     empty = [v for v, m in missing.items() if m.all()]
     if empty:
@@ -677,6 +800,18 @@ def new_design_matrices(design: Design, data: pd.DataFrame) -> tuple[np.ndarray,
         group_codes, levels = group_values(bar.group, frame)
         codes[k] = factor_codes(pd.Series(np.asarray(levels, dtype=object)[group_codes]), design.group_levels[k])
     return X, Z, codes
+
+
+def new_offset(design: Design, data: pd.DataFrame) -> np.ndarray:
+    """The offset on new data: the formula's ``offset(expr)`` terms evaluated on ``data`` (lme4's
+    ``predict``); an ``offset=`` argument is not applied to new data (lme4 drops it too)."""
+    out = np.zeros(len(data))
+    for expr in design.formula.offsets:
+        values = _as_float(f"offset({expr})", _offset_term(expr, data)).to_numpy()
+        if not np.all(np.isfinite(values)):
+            raise DataError(f"offset({expr}) of newdata has missing or infinite values")
+        out += values
+    return out
 
 
 def theta_scale(design: Design) -> np.ndarray:

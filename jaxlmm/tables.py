@@ -143,7 +143,7 @@ def summary_text(model) -> str:
             f"{model.aic:9.1f} {model.bic:9.1f} {model.loglik:9.1f} {model.deviance:9.1f} {model.nobs - model.npar:9d}"
         )
     lines.append("")
-    resid = model.residuals() / model.sigma
+    resid = model.residuals("pearson") / model.sigma  # lme4: residuals(m, "pearson", scaled = TRUE)
     q = np.quantile(resid, [0, 0.25, 0.5, 0.75, 1])
     lines.append("Scaled residuals: ")
     lines.append("".join(f"{h:>9}" for h in ("Min", "1Q", "Median", "3Q", "Max")))
