@@ -584,7 +584,7 @@ def _checked_weights(values: pd.Series | None) -> np.ndarray | None:
     w = values.to_numpy(dtype=float)
     bad = ~np.isfinite(w)
     if bad.any():
-        raise DataError(f"weights must be finite: {int(bad.sum())} infinite values (e.g. row {int(np.argmax(bad))})")
+        raise DataError(f"weights must be finite: {int(bad.sum())} infinite values")
     if (w < 0).any():
         raise DataError(f"weights must be positive: {int((w < 0).sum())} negative values (min {w.min():g})")
     if (w == 0).any():

@@ -99,6 +99,11 @@ def test_fitted_residuals_ranef(name):
     big = np.max(np.abs(theirs.condval))
     close(ours.condval, theirs.condval, 1e-3, 1e-4 * big)
     close(ours.condsd, theirs.condsd, 1e-3)
+    for group, rows in fx["coef"].items():  # coef(m): fixed + random effects per level (no offset)
+        ref = pd.DataFrame(rows).set_index("level").drop(columns="_row", errors="ignore")
+        ref.index = ref.index.astype(str)
+        table = m.coef()[group].loc[ref.index, ref.columns].values
+        close(table, ref.values, 1e-4, 1e-5 * np.max(np.abs(ref.values)))
     # performance: sigma² at unit weight, the offset left out (it mishandles a second term on one factor,
     # "Subject.1" of ||, as test_tables notes)
     if "r2_nakagawa" in fx and "||" not in fx["formula"]:
@@ -199,6 +204,7 @@ def test_fit_batch_responses_with_weights_and_offset_equal_single_fits():
     assert batch.criterion[0] == pytest.approx(m.reml_criterion, rel=1e-9)
 
 
+@pytest.mark.slow  # compiles the data-set lanes
 def test_fit_batch_datasets_and_by_with_weights_and_offset():
     data = load("sleepstudy_w")
     formula = "Reaction ~ Days + (Days | Subject)"
@@ -316,6 +322,10 @@ def test_bootstrap_and_pbtest_with_weights():
     se = np.sqrt(np.diag(m.vcov.values))
     assert np.all(np.abs(fits.beta.mean(axis=0) - m.fixef.values) < 4 * se / np.sqrt(400))
     assert abs(np.median(fits.sigma) / m.sigma - 1) < 0.03
+    direct = m.bootstrap(nsim=400, seed=5, simulation="direct")  # the products drawn with √w-scaled rows
+    assert np.all(np.abs(direct.beta.mean(axis=0) - m.fixef.values) < 4 * se / np.sqrt(400))
+    assert abs(np.median(direct.sigma) / m.sigma - 1) < 0.03
+    close(np.median(direct.theta, axis=0), np.median(fits.theta, axis=0), 0.1)
     ci = m.confint(method="boot", nsim=200, seed=2)
     assert list(ci.index[:2]) == list(m.fixef.index)
     data = load("sleepstudy_w")
