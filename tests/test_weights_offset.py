@@ -66,50 +66,55 @@ def test_estimates(name):
     fx, m = reference(name), fitted(name)
     assert m.nobs == fx["nobs"]
     assert list(m.fixef.index) == list(fx["fixef"])
-    close(m.fixef.values, list(fx["fixef"].values()), 1e-4, 1e-6)
-    close(m.theta, fx["theta"], 1e-3, 1e-4)
-    close(m.sigma, fx["sigma"], 1e-4)
+    # tolerances a few times the worst agreement over the cases (fixef 1.5e-9, theta 2.1e-6 absolute,
+    # SEs 8.8e-7, sigma 6e-8 relative: penicillin_crossed_w_offset_ml); issue 14 asks 1e-4 and 1e-3
+    close(m.fixef.values, list(fx["fixef"].values()), 1e-7, 1e-9)
+    close(m.theta, fx["theta"], 1e-4, 1e-5)
+    close(m.sigma, fx["sigma"], 1e-6)
     p = len(np.atleast_1d(fx["vcov_names"]))
     se = np.sqrt(np.diag(np.asarray(fx["vcov"], dtype=float).reshape(p, p)))
-    close(np.sqrt(np.diag(m.vcov.values)), se, 1e-3)
-    close([m.loglik, m.aic, m.bic], [fx["loglik"], fx["aic"], fx["bic"]], 1e-8)
-    close(m.refit_ml().deviance, fx["deviance_ml"], 1e-7)
+    close(np.sqrt(np.diag(m.vcov.values)), se, 1e-5)
+    close([m.loglik, m.aic, m.bic], [fx["loglik"], fx["aic"], fx["bic"]], 1e-10)  # worst 3.4e-13
+    close(m.refit_ml().deviance, fx["deviance_ml"], 1e-10)
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_satterthwaite(name):
     fx, m = reference(name), fitted(name)
     table = m.coef_table()
-    close(table["df"].values, [r["df"] for r in fx["coef_table"]], 1e-3)
-    close(table["Pr(>|t|)"].values, [r["p"] for r in fx["coef_table"]], 1e-3, 1e-12)
+    # worst df 3.0e-6, p 4.7e-5 relative (lmerTest's finite differences on a p of 1e-9)
+    close(table["df"].values, [r["df"] for r in fx["coef_table"]], 3e-5)
+    close(table["Pr(>|t|)"].values, [r["p"] for r in fx["coef_table"]], 3e-4, 1e-12)
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_fitted_residuals_ranef(name):
     fx, m = reference(name), fitted(name)
-    scale = np.max(np.abs(fx["fitted"]))
-    close(m.fitted(), fx["fitted"], 1e-4, 1e-6 * scale)
-    close(m.residuals(), fx["residuals"], 1e-3, 1e-5 * scale)
-    close(m.residuals("pearson"), fx["residuals_pearson"], 1e-3, 1e-5 * scale)
-    close(m.predict(re_form="~0"), fx["predict_re_na"], 1e-4, 1e-6 * scale)
-    close(np.quantile(m.residuals("pearson") / m.sigma, [0, 0.25, 0.5, 0.75, 1]), fx["scaled_residual_quantiles"], 1e-3)
+    # worst: fitted 2.2e-8 relative, residuals 4.3e-8 of the largest, scaled-residual quantiles 4.5e-7,
+    # condval 1.4e-7 of the largest, condsd 9.3e-8, coef 1.8e-8 of the largest, r2 2e-7
+    close(m.fitted(), fx["fitted"], 2e-7)
+    close(m.residuals(), fx["residuals"], 0, 3e-7 * np.max(np.abs(fx["residuals"])))
+    close(m.residuals("pearson"), fx["residuals_pearson"], 0, 3e-7 * np.max(np.abs(fx["residuals_pearson"])))
+    close(m.predict(re_form="~0"), fx["predict_re_na"], 1e-7)
+    quantiles = np.quantile(m.residuals("pearson") / m.sigma, [0, 0.25, 0.5, 0.75, 1])
+    close(quantiles, fx["scaled_residual_quantiles"], 3e-6)
     ours = m.ranef().set_index(["grpvar", "term", "grp"]).sort_index()
     theirs = pd.DataFrame(fx["ranef"]).astype({"grp": str}).set_index(["grpvar", "term", "grp"]).sort_index()
     assert ours.index.equals(theirs.index)
     big = np.max(np.abs(theirs.condval))
-    close(ours.condval, theirs.condval, 1e-3, 1e-4 * big)
-    close(ours.condsd, theirs.condsd, 1e-3)
+    close(ours.condval, theirs.condval, 0, 1e-6 * big)
+    close(ours.condsd, theirs.condsd, 1e-6)
     for group, rows in fx["coef"].items():  # coef(m): fixed + random effects per level (no offset)
         ref = pd.DataFrame(rows).set_index("level").drop(columns="_row", errors="ignore")
         ref.index = ref.index.astype(str)
         table = m.coef()[group].loc[ref.index, ref.columns].values
-        close(table, ref.values, 1e-4, 1e-5 * np.max(np.abs(ref.values)))
+        close(table, ref.values, 0, 2e-7 * np.max(np.abs(ref.values)))
     # performance: sigma² at unit weight, the offset left out (it mishandles a second term on one factor,
     # "Subject.1" of ||, as test_tables notes)
     if "r2_nakagawa" in fx and "||" not in fx["formula"]:
         r2 = m.r2_nakagawa()
         ref = [fx["r2_nakagawa"]["conditional"], fx["r2_nakagawa"]["marginal"]]
-        close([r2["conditional"], r2["marginal"]], ref, 1e-3, 1e-12)
+        close([r2["conditional"], r2["marginal"]], ref, 0, 2e-6)
 
 
 @pytest.mark.parametrize("name", [c for c in CASES if "predict_newdata" in reference(c)])
@@ -122,9 +127,8 @@ def test_predict_newdata(name):
         pred = m.predict(newdata)
         pop = m.predict(newdata, re_form="NA")
     assert any("offset= argument" in str(w.message) for w in caught) == (fx["offset"] is not None)
-    scale = np.max(np.abs(fx["predict_newdata"]))
-    close(pred, fx["predict_newdata"], 1e-4, 1e-6 * scale)
-    close(pop, fx["predict_newdata_re_na"], 1e-4, 1e-6 * scale)
+    close(pred, fx["predict_newdata"], 1e-7)  # worst 1.1e-8 relative; issue 14 asks 1e-4
+    close(pop, fx["predict_newdata_re_na"], 1e-7)
 
 
 def test_anova_of_weighted_models():
@@ -180,9 +184,7 @@ def test_simulate_moments():
     z_mean = (Y.mean(axis=1) - mean) / (sd / np.sqrt(Y.shape[1]))
     assert np.max(np.abs(z_mean)) < 4.5
     ratio = Y.var(axis=1, ddof=1) / var
-    assert np.max(np.abs(ratio - 1)) < 4.5 * np.sqrt(2 / Y.shape[1])
-    resid = Y - (mean[:, None] + (Y - mean[:, None]).mean(axis=0))  # sanity: noise scale follows 1/√w
-    assert np.corrcoef(1 / d.weights, resid.var(axis=1))[0, 1] > 0
+    assert np.max(np.abs(ratio - 1)) < 4.5 * np.sqrt(2 / Y.shape[1])  # σ² instead of σ²/wᵢ: off by up to 5x
 
 
 def _single_fits(formula, data, Y, reml, **kwargs):
