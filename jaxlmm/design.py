@@ -528,9 +528,9 @@ WEIGHTS, OFFSET = "(weights)", "(offset)"  # their names in the model frame, as 
 
 def argument_values(what: str, value, data: pd.DataFrame) -> pd.Series:
     """A ``weights=``/``offset=`` argument as one float per row of ``data`` (NaN where missing): a column
-    name (or an expression of columns, as in a formula) or an array of ``len(data)`` values."""
+    name (or an expression of columns such as ``1 / v``) or an array of ``len(data)`` values."""
     if isinstance(value, str):
-        values = evaluate(value, data)
+        values = expression_values(value, data)
     else:
         if np.ndim(value) != 1:
             raise DataError(
@@ -563,7 +563,7 @@ def weights_and_offset(formula: Formula, data: pd.DataFrame, weights=None, offse
     extra = {}
     if weights is not None:
         extra[WEIGHTS] = argument_values("weights", weights, data)
-    parts = [_as_float(f"offset({expr})", _offset_term(expr, data)) for expr in formula.offsets]
+    parts = [_as_float(f"offset({expr})", expression_values(expr, data)) for expr in formula.offsets]
     if offset is not None:
         parts.append(argument_values("offset", offset, data))
     if parts:
@@ -571,8 +571,9 @@ def weights_and_offset(formula: Formula, data: pd.DataFrame, weights=None, offse
     return extra
 
 
-def _offset_term(expr: str, data: pd.DataFrame) -> pd.Series:
-    """The values of ``offset(expr)``: a column, or any expression of columns (such as ``2 * x``)."""
+def expression_values(expr: str, data: pd.DataFrame) -> pd.Series:
+    """The values of ``expr`` in an ``offset(expr)`` term or a weights/offset argument: a column, or any
+    expression of columns (such as ``2 * x`` or ``1 / v``)."""
     return evaluate(expr if expr in data.columns else f"I({expr})", data)
 
 
@@ -807,7 +808,7 @@ def new_offset(design: Design, data: pd.DataFrame) -> np.ndarray:
     ``predict``); an ``offset=`` argument is not applied to new data (lme4 drops it too)."""
     out = np.zeros(len(data))
     for expr in design.formula.offsets:
-        values = _as_float(f"offset({expr})", _offset_term(expr, data)).to_numpy()
+        values = _as_float(f"offset({expr})", expression_values(expr, data)).to_numpy()
         if not np.all(np.isfinite(values)):
             raise DataError(f"offset({expr}) of newdata has missing or infinite values")
         out += values

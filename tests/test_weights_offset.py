@@ -162,7 +162,8 @@ def test_offset_term_equals_offset_argument_and_shifted_response():
     term = fit("Reaction ~ Days + offset(o) + (1 | Subject)", data, False, "w")
     arg = fit("Reaction ~ Days + (1 | Subject)", data, False, "w", offset="o")
     shifted = fit("Reaction ~ Days + (1 | Subject)", data.assign(Reaction=data.Reaction - data.o), False, "w")
-    for m in (arg, shifted):
+    expression = fit("Reaction ~ Days + (1 | Subject)", data.assign(v=1 / data.w), False, "1 / v", offset="0 + o")
+    for m in (arg, shifted, expression):
         close(m.theta, term.theta, 1e-6)
         close(m.fixef.values, term.fixef.values, 1e-8)
         assert m.deviance == pytest.approx(term.deviance, rel=1e-10)
