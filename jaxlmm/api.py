@@ -30,11 +30,19 @@ def lmer(
     max_iter: int = 2000,
     contrasts: dict | None = None,
     data_name: str = "data",
+    weights=None,
+    offset=None,
 ) -> LinearMixedModel:
     """Fit a linear mixed model given by an lme4 formula, by REML (default) or ML.
 
     ``data_name`` is the name lme4 shows for the data (``summary``'s ``Data:`` line and ``anova``'s
     heading: R prints the expression passed as ``data``, which Python cannot see).
+
+    ``weights`` are lme4's prior weights (a column name or one positive value per row): the residual
+    variance of row i is σ²/wᵢ.  ``offset`` (a column name or one value per row) and the formula's
+    ``offset(expr)`` terms are added to the linear predictor with coefficient 1.  The fit is lme4's: the
+    profiled criterion of the √w-scaled rows of ``[Z X y − offset]``, whose deviance and REML criterion
+    carry lme4's ``−Σ log wᵢ``.
 
     ``max_iter`` bounds the optimiser's iterations per stage (lme4's ``lmerControl(optCtrl = list(maxfun
     = ...))``; the other settings are :class:`~jaxlmm.optimize.Control`'s); when it runs out, or the
@@ -54,7 +62,7 @@ def lmer(
         raise JaxlmmError(f"max_iter must be a positive integer, not {max_iter!r}")
     if not isinstance(data_name, str):
         raise JaxlmmError(f"data_name must be a string, not {data_name!r}")
-    design = build_design(parse_formula(formula), data, contrasts)
+    design = build_design(parse_formula(formula), data, contrasts, weights=weights, offset=offset)
     model = fit_design(design, reml=bool(reml), control=Control(max_iter=int(max_iter)))
     model.data_name = data_name
     return model
@@ -69,6 +77,8 @@ def fit_batch(
     chunk_size: int | None = None,
     progress: bool | None = None,
     by: str | None = None,
+    weights=None,
+    offset=None,
 ) -> BatchFit:
     """Many fits of one formula in compiled, vmapped calls.
 
@@ -80,18 +90,36 @@ def fit_batch(
       results in the order of first appearance, the ``by`` values in ``labels`` (:func:`jaxlmm.buckets.fit_by`).
 
     ``chunk_size`` is the number of lanes per compiled call (default :func:`default_chunk_size`).
+
+    ``weights``/``offset`` are :func:`lmer`'s.  With ``responses`` they are shared by every column of ``Y``
+    (a column name of ``data`` or one value per row; the offset is subtracted from each response); with
+    ``datasets`` or ``by`` they are column names, read in each data set.
     """
     if by is not None:
         if responses is not None or datasets is not None:
             raise DataError("by= splits one long frame (data=...) into data sets; give neither responses nor datasets")
         if data is None:
             raise DataError("by= needs the long frame holding every data set (data=...)")
-        return fit_by(formula, data, by, reml=reml, chunk_size=chunk_size, progress=progress)
+        _check_column_argument(weights, offset)
+        return fit_by(
+            formula, data, by, reml=reml, chunk_size=chunk_size, progress=progress, weights=weights, offset=offset
+        )
     if (responses is None) == (datasets is None):
         raise DataError("give either responses (with data), datasets, or data with by=")
     if datasets is not None:
-        return fit_datasets(formula, datasets, reml=reml, chunk_size=chunk_size, progress=progress)
+        _check_column_argument(weights, offset)
+        return fit_datasets(
+            formula, datasets, reml=reml, chunk_size=chunk_size, progress=progress, weights=weights, offset=offset
+        )
     if data is None:
         raise DataError("responses need the data they share (data=...)")
     responses = response_matrix(responses)  # bad responses are refused before the model is fitted
-    return fit_responses(lmer(formula, data, reml=reml), responses, reml=reml, chunk_size=chunk_size, progress=progress)
+    model = lmer(formula, data, reml=reml, weights=weights, offset=offset)
+    return fit_responses(model, responses, reml=reml, chunk_size=chunk_size, progress=progress)
+
+
+def _check_column_argument(weights, offset) -> None:
+    """Data sets of different sizes read their weights and offset from a column of each."""
+    for what, value in (("weights", weights), ("offset", offset)):
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"with datasets= or by=, {what} must be a column name (read in each data set)")

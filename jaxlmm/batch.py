@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .cache import bound_executables
-from .crossprod import CrossProducts, response_products
+from .crossprod import CrossProducts, design_response_products
 from .design import Structure, theta_scale
 from .deviance import beta_hat, canonical_theta, factorize, profiled_deviance, sigma_hat
 from .errors import DataError
@@ -292,7 +292,7 @@ def fit_responses(
     Y = response_matrix(Y)
     if Y.shape[0] != d.n:
         raise DataError(f"responses have {Y.shape[0]} rows; the model has {d.n} observations")
-    products = dict(zip(Y_FIELDS, response_products(Y, d.X, d.codes, d.Z, d.structure)))
+    products = dict(zip(Y_FIELDS, design_response_products(Y, d)))
     return fit_products(
         model.problem, model.theta, products, model.reml if reml is None else reml, chunk_size, progress
     )
@@ -331,6 +331,7 @@ def fit_products(
         chunk_size,
         progress=progress,
     )
+    crit = crit - d.sum_log_weights  # lme4's −Σ log wᵢ (Design.sum_log_weights)
     return BatchFit(theta, beta[:, : d.p], sigma, crit, ok, steps, list(d.fixef_names), reml)
 
 

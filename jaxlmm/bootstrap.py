@@ -1,7 +1,8 @@
 """Simulation from a fitted model, parametric bootstrap and the bootstrap LRT.
 
 * :func:`simulate` — lme4's ``simulate``: new spherical random effects ``u ~ N(0, I)``,
-  ``y* = Xβ̂ + σ̂ ZΛu + σ̂ε``.
+  ``y* = offset + Xβ̂ + σ̂ ZΛu + σ̂ε/√w`` (with prior weights w the residual variance is σ̂²/wᵢ, the
+  fitted model's law; lme4's ``simulate`` ignores the weights there).
 * :func:`bootstrap` — lme4's ``bootMer``: refit the model to each simulated response (batched).
 
 The simulations take a design and :class:`~jaxlmm.params.Params` (fitted or specified), not a model.
@@ -15,8 +16,9 @@ import scipy.sparse as sp
 import scipy.special
 
 from .batch import Y_FIELDS, BatchFit, fit_products
-from .crossprod import response_products, sparse_Z
+from .crossprod import design_response_products, sparse_Z
 from .design import Design
+from .errors import JaxlmmError
 from .hosts import process_share
 from .params import Params, ran_pars, term_covariances
 from .shapes import Problem
@@ -29,6 +31,9 @@ def simulate_blocks(design: Design, params: Params, nsim: int, seed: int | None 
     random stream."""
     rng = np.random.default_rng(seed)
     mean = design.X @ params.beta
+    if design.offset is not None:
+        mean = mean + design.offset
+    noise_sd = params.sigma if design.weights is None else params.sigma / np.sqrt(design.weights)[:, None]
     Zs = [
         (sparse_Z(codes, Z, b.n_levels), b.lambda_of(params.theta), b)
         for b, Z, codes in zip(design.structure.blocks, design.Z, design.codes)
@@ -39,8 +44,8 @@ def simulate_blocks(design: Design, params: Params, nsim: int, seed: int | None 
             (params.sigma * rng.standard_normal((size, b.n_levels, b.q)) @ Lam.T).reshape(size, -1).T
             for _, Lam, b in Zs
         ]  # level-major columns; drawn before the residuals
-        Y = rng.standard_normal((design.n, size))  # built in place: σε + Xβ + Σ Z_k b_k
-        Y *= params.sigma
+        Y = rng.standard_normal((design.n, size))  # built in place: σε/√w + offset + Xβ + Σ Z_k b_k
+        Y *= noise_sd
         Y += mean[:, None]
         for (Zk, _, _), b in zip(Zs, effects):
             Y += Zk @ b
@@ -72,7 +77,7 @@ def simulated_products(
     parts = [[] for _ in designs]
     for Y in simulate_blocks(designs[0], params, nsim, seed):
         for part, d in zip(parts, designs):
-            part.append(response_products(Y, d.X, d.codes, d.Z, d.structure))
+            part.append(design_response_products(Y, d))
     return [{k: np.concatenate([p[j] for p in part]) for j, k in enumerate(Y_FIELDS)} for part in parts]
 
 
@@ -86,12 +91,20 @@ def direct_products(
     ``εᵀε = zᵀz + χ²_{n−r}`` (the projection of ε on span K and its independent complement).  Hence
     ``Kᵀy* = Cc + σRz`` and ``y*ᵀy* = cᵀCc + 2σ cᵀRz + σ²(zᵀz + χ²_{n−r})``: m + 1 draws per response
     instead of n.
+
+    With prior weights and an offset the products are those of ``√w(y* − offset) = √w K c + σε`` (what the
+    criterion sees, :func:`~jaxlmm.crossprod.design_response_products`): the same draws with K's rows
+    scaled by √w, for designs sharing their weights and offset.
     """
     n = designs[0].n
+    for d in designs[1:]:
+        if not (_same(d.weights, designs[0].weights) and _same(d.offset, designs[0].offset)):
+            raise JaxlmmError("simulation='direct' needs the same weights and offset in every model; use 'plain'")
     pieces, owner = [], []  # columns of K: each design's Z blocks then its X; owner = design index
     for k, d in enumerate(designs):
-        pieces += [sparse_Z(codes, Z, b.n_levels) for codes, Z, b in zip(d.codes, d.Z, d.structure.blocks)]
-        pieces.append(sp.csr_matrix(d.X))
+        X, Zs = d.model_matrices
+        pieces += [sparse_Z(codes, Z, b.n_levels) for codes, Z, b in zip(d.codes, Zs, d.structure.blocks)]
+        pieces.append(sp.csr_matrix(X))
         owner += [k] * (len(d.structure.blocks) + 1)
     K = sp.hstack(pieces).tocsc()
     C = (K.T @ K).toarray()
@@ -130,6 +143,10 @@ def direct_products(
             parts[k]["AXy"].append(rows[-1])
             parts[k]["yy"].append(yty)
     return [{f: np.concatenate(v) for f, v in part.items()} for part in parts]
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
 def bootstrap(

@@ -152,8 +152,11 @@ def fit_datasets(
     reml: bool = True,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    weights: str | None = None,
+    offset: str | None = None,
 ) -> DatasetFit:
-    """Fit ``formula`` to each data set of the list; results in input order (replicate = position)."""
+    """Fit ``formula`` to each data set of the list; results in input order (replicate = position).
+    ``weights``/``offset``: column names of each data set (lmer's), fitted on the per-data-set path."""
     if isinstance(datasets, pd.DataFrame) or not isinstance(datasets, (list, tuple)):
         raise DataError("datasets must be a list of DataFrames (for one long frame use fit_batch(f, data, by=...))")
     if not datasets:
@@ -168,7 +171,12 @@ def fit_datasets(
     if empty.size:
         raise DataError(f"data set {empty[0]}: the data have no rows")
     first = datasets[0]
-    if _vectorisable(parsed) and (shapes[:, 1] == first.shape[1]).all() and not first.columns.duplicated().any():
+    columns = {"weights": weights, "offset": offset}
+    if (
+        _vectorisable(parsed, columns)
+        and (shapes[:, 1] == first.shape[1]).all()
+        and not first.columns.duplicated().any()
+    ):
         try:
             long = pd.concat(datasets, ignore_index=True)
         except (ValueError, TypeError):  # e.g. duplicated column names in some data set
@@ -181,7 +189,7 @@ def fit_datasets(
             if stacked is not None:
                 return _finish(fit_stacked(stacked, reml, chunk_size, progress), stacked, labels, None)
     return _fit_frames(
-        parsed, list(datasets), [f"data set {k}" for k in labels], labels, None, reml, chunk_size, progress
+        parsed, list(datasets), [f"data set {k}" for k in labels], labels, None, reml, chunk_size, progress, columns
     )
 
 
@@ -192,6 +200,8 @@ def fit_by(
     reml: bool = True,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    weights: str | None = None,
+    offset: str | None = None,
 ) -> DatasetFit:
     """Fit ``formula`` to each data set of one long frame, ``data[by]`` naming the data set.
 
@@ -213,13 +223,14 @@ def fit_by(
     def name(k: int) -> str:
         return f"data set {by} = {labels[k]}"
 
-    if _vectorisable(parsed):
+    columns = {"weights": weights, "offset": offset}
+    if _vectorisable(parsed, columns):
         stacked = stack_designs(parsed, data, ids, B, name)
         if stacked is not None:
             return _finish(fit_stacked(stacked, reml, chunk_size, progress), stacked, labels, by)
     order = np.argsort(ids, kind="stable")
     frames = [data.iloc[rows] for rows in np.split(order, np.cumsum(np.bincount(ids, minlength=B))[:-1])]
-    return _fit_frames(parsed, frames, [name(k) for k in range(B)], labels, by, reml, chunk_size, progress)
+    return _fit_frames(parsed, frames, [name(k) for k in range(B)], labels, by, reml, chunk_size, progress, columns)
 
 
 def _dataset_ids(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -244,10 +255,14 @@ def _same_dtypes(parsed: Formula, long: pd.DataFrame, first: pd.DataFrame) -> bo
     return all(c in grouping for c, a, b in zip(long.columns, long.dtypes, first.dtypes[long.columns]) if a != b)
 
 
-def _vectorisable(parsed: Formula) -> bool:
-    """One grouping factor and only elementwise functions: the long frame's designs are the data sets'."""
-    return len({r.group_name for r in parsed.random}) == 1 and not any(
-        f in v for v in parsed.variables for f in NOT_ELEMENTWISE
+def _vectorisable(parsed: Formula, columns: dict[str, str | None]) -> bool:
+    """One grouping factor and only elementwise functions: the long frame's designs are the data sets'.
+    Prior weights and offsets (``columns``, or offset terms) take the per-data-set path."""
+    return (
+        len({r.group_name for r in parsed.random}) == 1
+        and not any(f in v for v in parsed.variables for f in NOT_ELEMENTWISE)
+        and not parsed.offsets
+        and all(v is None for v in columns.values())
     )
 
 
@@ -710,12 +725,14 @@ def _fit_frames(
     reml: bool,
     chunk_size: int | None,
     progress: bool | None,
+    columns: dict[str, str | None] | None = None,
 ) -> DatasetFit:
-    """The per-data-set path: ``build_design`` and ``crossproducts`` for each data set, then shape buckets."""
+    """The per-data-set path: ``build_design`` and ``crossproducts`` for each data set, then shape buckets
+    (``columns``: the weights and offset column names, if any)."""
     designs: list[Design] = []
     for k, data in enumerate(frames):
         try:
-            designs.append(build_design(parsed, data))
+            designs.append(build_design(parsed, data, **(columns or {})))
         except DataError as err:
             raise DataError(f"{names[k]}: {err}") from None
         d, d0 = designs[-1], designs[0]
@@ -728,7 +745,10 @@ def _fit_frames(
     groups: dict[tuple, list[int]] = {}
     padded = []
     for k, d in enumerate(designs):
-        cp, target = pad_to_bucket(crossproducts(d.y, d.X, d.codes, d.Z, d.structure), d.structure, BATCH_FINE_FROM)
+        X, Z = d.model_matrices  # √w-scaled rows of [Z X y − offset] (lme4's weights and offset)
+        cp, target = pad_to_bucket(
+            crossproducts(d.model_response(d.y), X, d.codes, Z, d.structure), d.structure, BATCH_FINE_FROM
+        )
         padded.append(cp)
         groups.setdefault((target, cp.A21_val.shape[0], cp.pair_val.shape[0]), []).append(k)
     B, n_theta, p = len(designs), designs[0].structure.n_theta, len(designs[0].fixef_names)
@@ -742,6 +762,7 @@ def _fit_frames(
         out = _fit_bucket(stacked, scale, target, reml, chunk_size, progress)
         for arr, values in zip((theta, beta, sigma, crit, ok, steps), out):
             arr[members] = values
+    crit -= np.array([d.sum_log_weights for d in designs])  # lme4's −Σ log wᵢ (Design.sum_log_weights)
     return DatasetFit(
         theta,
         beta,

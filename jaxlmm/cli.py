@@ -70,9 +70,11 @@ def read_data(path: str | Path) -> pd.DataFrame:
         raise DataError(f"cannot read {path} as {kind}: {reason}") from None
 
 
-def fit_models(data: pd.DataFrame, formulas: list[str], reml: bool) -> list[LinearMixedModel]:
-    """One ``lmer`` fit per formula."""
-    return [lmer(f, data, reml=reml) for f in formulas]
+def fit_models(
+    data: pd.DataFrame, formulas: list[str], reml: bool, weights: str | None = None
+) -> list[LinearMixedModel]:
+    """One ``lmer`` fit per formula (``weights``: the column of prior weights, if any)."""
+    return [lmer(f, data, reml=reml, weights=weights) for f in formulas]
 
 
 # ---------------------------------------------------------------- output
@@ -153,7 +155,7 @@ def dump(obj) -> None:
 # ---------------------------------------------------------------- commands
 def cmd_fit(args: argparse.Namespace) -> None:
     """``summary(lmer(formula, data))``, or its numbers as JSON; ``--coefs`` writes the per-group table."""
-    (m,) = fit_models(read_data(args.data), [args.formula], args.reml)
+    (m,) = fit_models(read_data(args.data), [args.formula], args.reml, args.weights)
     if args.coefs:
         write_csv(m.group_coefficients(), args.coefs)
     if args.json:
@@ -167,7 +169,7 @@ def cmd_anova(args: argparse.Namespace) -> None:
     names = args.names or [f"m{k + 1}" for k in range(len(args.formulas))]
     if len(names) != len(args.formulas):
         raise DataError(f"--names gives {len(names)} name(s) for {len(args.formulas)} models")
-    models = fit_models(read_data(args.data), args.formulas, args.reml)
+    models = fit_models(read_data(args.data), args.formulas, args.reml, args.weights)
     table = anova(*models, names=names, nsim=args.nsim, seed=args.seed, progress=args.progress)
     if args.json:
         dump([{"model": name, **row} for name, row in zip(table.index, records(table))])
@@ -177,7 +179,7 @@ def cmd_anova(args: argparse.Namespace) -> None:
 
 def cmd_pbtest(args: argparse.Namespace) -> None:
     """pbkrtest's ``PBmodcomp(large, small, nsim)``."""
-    large, small = fit_models(read_data(args.data), [args.large, args.small], args.reml)
+    large, small = fit_models(read_data(args.data), [args.large, args.small], args.reml, args.weights)
     test = pbtest(large, small, nsim=args.nsim, seed=args.seed, progress=args.progress)
     if args.json:
         dump(
@@ -256,6 +258,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     crit.add_argument("--reml", dest="reml", action="store_true", default=True, help="fit by REML (default, as lmer)")
     crit.add_argument("--ml", dest="reml", action="store_false", help="fit by maximum likelihood")
     p.add_argument("--json", action="store_true", help="print JSON instead of R-style text")
+    p.add_argument("--weights", metavar="COLUMN", default=None, help="the column of prior weights (lmer's weights=)")
 
 
 def _bootstrap_options(p: argparse.ArgumentParser) -> None:

@@ -65,6 +65,15 @@ def same_observations(models) -> None:
                 f"({first.n} and {d.n} rows, responses {first.formula.response!r} and {d.formula.response!r}, "
                 "or the same columns with different values): anova needs the same data"
             )
+        if not np.array_equal(_prior_weights(d), _prior_weights(first)):
+            raise ModelComparisonError(
+                "models were fitted with different prior weights: their likelihoods are of different "
+                "models of the data, and a likelihood-ratio test compares models with the same weights"
+            )
+
+
+def _prior_weights(design) -> np.ndarray:
+    return np.ones(design.n) if design.weights is None else design.weights
 
 
 def ml_versions(models) -> list:

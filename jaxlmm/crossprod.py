@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
-from .design import Structure
+from .design import Design, Structure
 
 
 class CrossProducts(NamedTuple):
@@ -150,3 +150,10 @@ def _argsort(key: np.ndarray) -> np.ndarray:
     if key.size == 0 or int(key.max()).bit_length() + b > 63:
         return np.argsort(key)
     return np.sort((key << b) | np.arange(key.size)) & ((1 << b) - 1)
+
+
+def design_response_products(Y: np.ndarray, design: Design) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`response_products` of responses ``Y`` (n, B) of ``design``: of the √w-scaled rows of
+    ``[Z X Y − offset]``, as the fit's own cross-products (lme4's weights and offset)."""
+    X, Z = design.model_matrices
+    return response_products(design.model_response(Y), X, design.codes, Z, design.structure)

@@ -321,10 +321,38 @@ class Design:
     dropped_fixef: list[str] = field(default_factory=list)  # aliased X columns dropped
     transforms: dict[str, tuple] = field(default_factory=dict)  # variable -> its data-dependent calls' states
     contrasts: dict | None = None  # the contrasts= argument
+    weights: np.ndarray | None = None  # (n,) prior weights (lme4's weights=): Var(εᵢ) = σ²/wᵢ; None: all 1
+    offset: np.ndarray | None = None  # (n,) the offset(...) terms plus offset=, added to Xβ; None: 0
+    offset_argument: bool = False  # part of the offset came from offset= (lme4 does not apply it to newdata)
 
     @property
     def n(self) -> int:
         return self.y.shape[0]
+
+    @property
+    def sum_log_weights(self) -> float:
+        """``Σ log wᵢ``: lme4's deviance and REML criterion carry ``−Σ log wᵢ`` (its ``ldW``), the log
+        determinant of the residual precision ``W``; 0 without weights."""
+        return 0.0 if self.weights is None else float(np.sum(np.log(self.weights)))
+
+    def model_response(self, Y: np.ndarray) -> np.ndarray:
+        """``√w ⊙ (Y − offset)`` for responses Y (n,) or (n, B): the response of the profiled criterion
+        (lme4 works on the √w-scaled rows of ``[Z X y − offset]``); ``Y`` itself without weights or offset."""
+        Y = np.asarray(Y, dtype=float)
+        shape = (-1,) + (1,) * (Y.ndim - 1)
+        if self.offset is not None:
+            Y = Y - self.offset.reshape(shape)
+        if self.weights is not None:
+            Y = Y * np.sqrt(self.weights).reshape(shape)
+        return Y
+
+    @functools.cached_property
+    def model_matrices(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """X and the per-block Z with rows scaled by ``√wᵢ`` (the arrays themselves without weights)."""
+        if self.weights is None:
+            return self.X, self.Z
+        root = np.sqrt(self.weights)[:, None]
+        return root * self.X, [root * Z for Z in self.Z]
 
     @property
     def p(self) -> int:
@@ -463,7 +491,9 @@ class BarTerm:
         return len(self.levels)
 
 
-def build_design(formula: Formula, data: pd.DataFrame, contrasts: dict | None = None) -> Design:
+def build_design(
+    formula: Formula, data: pd.DataFrame, contrasts: dict | None = None, weights=None, offset=None
+) -> Design:
     """lme4's ``lFormula``: the response, X, the random-effects terms and theta's layout, in stages:
     :func:`model_frame` (used columns, complete rows) → :func:`response` → :func:`variable_specs` →
     :func:`fixed_effects` (X, aliased columns dropped) → :func:`bar_terms` (Z and grouping factor per bar,
@@ -483,12 +513,18 @@ def build_design(formula: Formula, data: pd.DataFrame, contrasts: dict | None = 
 
     ``contrasts`` maps factors of the fixed effects to a contrast (:mod:`jaxlmm.contrasts`), as lme4's
     ``lmer(..., contrasts = list(f = "contr.sum"))``.
+
+    **Prior weights and offsets** (lme4's ``weights=``, ``offset(...)`` terms and ``offset=``): see
+    :func:`weights_and_offset`; rows where either is missing are dropped with the others.
     """
     transforms: dict[str, tuple] = {}
-    frame, rows, n_dropped = model_frame(formula, data, transforms)
+    extra = weights_and_offset(formula, data, weights, offset)
+    frame, rows, n_dropped = model_frame(formula, data, transforms, extra)
+    w = _checked_weights(frame.pop(WEIGHTS, None))
+    o = _checked_offset(frame.pop(OFFSET, None))
     y = response(formula, frame)
     specs = variable_specs(formula, frame, contrasts)
-    X, names, dropped = fixed_effects(formula, frame, specs, y)
+    X, names, dropped = fixed_effects(formula, frame, specs, y if o is None else y - o)
     terms, structure, group_names, group_levels, codes, Z = assemble_blocks(bar_terms(formula, frame, specs, len(y)))
     return Design(
         formula=formula,
@@ -507,16 +543,106 @@ def build_design(formula: Formula, data: pd.DataFrame, contrasts: dict | None = 
         dropped_fixef=dropped,
         transforms=transforms,
         contrasts=contrasts,
+        weights=w,
+        offset=o,
+        offset_argument=offset is not None,
     )
 
 
+WEIGHTS, OFFSET = "(weights)", "(offset)"  # their names in the model frame, as R's model.frame names them
+
+
+def argument_values(what: str, value, data: pd.DataFrame) -> pd.Series:
+    """A ``weights=``/``offset=`` argument as one float per row of ``data`` (NaN where missing): a column
+    name (or an expression of columns such as ``1 / v``) or an array of ``len(data)`` values."""
+    if isinstance(value, str):
+        values = expression_values(value, data)
+    else:
+        if np.ndim(value) != 1:
+            raise DataError(
+                f"{what} must be a column name or a vector of one value per row, not shape {np.shape(value)}"
+            )
+        if len(value) != len(data):
+            raise DataError(f"{what} has {len(value)} values for {len(data)} rows of data (variable lengths differ)")
+        values = pd.Series(value.to_numpy() if isinstance(value, pd.Series) else value, index=data.index)
+    return _as_float(what, values)
+
+
+def _as_float(what: str, values: pd.Series) -> pd.Series:
+    dtype = values.dtype
+    if pd.api.types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype):
+        raise DataError(f"{what} must be numeric, not {'logical' if pd.api.types.is_bool_dtype(dtype) else 'a factor'}")
+    if pd.api.types.is_complex_dtype(dtype) or not (pd.api.types.is_numeric_dtype(dtype) or dtype == object):
+        raise DataError(f"{what} must be numeric, not {dtype}")
+    try:
+        return pd.to_numeric(values).astype(float)
+    except (ValueError, TypeError):
+        example = values.dropna().iloc[0] if values.notna().any() else None
+        raise DataError(f"{what} must be numeric (e.g. {example!r} is not a number)") from None
+
+
+def weights_and_offset(formula: Formula, data: pd.DataFrame, weights=None, offset=None) -> dict[str, pd.Series]:
+    """The model frame's ``(weights)`` and ``(offset)`` columns (R's ``model.frame`` names), on all rows of
+    ``data``: the prior weights, and the sum of the formula's ``offset(expr)`` terms and the ``offset=``
+    argument.  Each is a column name or an array of one value per row; a missing value drops its row (as
+    lme4's ``na.omit``); a type that is not numeric or a vector of the wrong length is a ``DataError``."""
+    extra = {}
+    if weights is not None:
+        extra[WEIGHTS] = argument_values("weights", weights, data)
+    parts = [_as_float(f"offset({expr})", expression_values(expr, data)) for expr in formula.offsets]
+    if offset is not None:
+        parts.append(argument_values("offset", offset, data))
+    if parts:
+        extra[OFFSET] = sum(parts[1:], parts[0])
+    return extra
+
+
+def expression_values(expr: str, data: pd.DataFrame) -> pd.Series:
+    """The values of ``expr`` in an ``offset(expr)`` term or a weights/offset argument: a column, or any
+    expression of columns (such as ``2 * x`` or ``1 / v``)."""
+    return evaluate(expr if expr in data.columns else f"I({expr})", data)[0]
+
+
+def _checked_weights(values: pd.Series | None) -> np.ndarray | None:
+    """The prior weights of the complete rows: finite and positive.  lme4 refuses negative weights and, with a
+    zero weight, returns an infinite criterion (``−Σ log wᵢ``; lme4 issue #880): refused here, with advice."""
+    if values is None:
+        return None
+    w = values.to_numpy(dtype=float)
+    bad = ~np.isfinite(w)
+    if bad.any():
+        raise DataError(f"weights must be finite: {int(bad.sum())} infinite values")
+    if (w < 0).any():
+        raise DataError(f"weights must be positive: {int((w < 0).sum())} negative values (min {w.min():g})")
+    if (w == 0).any():
+        raise DataError(
+            f"weights must be positive: {int((w == 0).sum())} zero weights.  lme4's criterion carries "
+            "-sum(log(weights)), infinite with a zero weight (lme4 returns an Inf criterion); drop those rows instead"
+        )
+    if w.max() > MAX_ABS or w.min() < 1.0 / MAX_ABS:
+        raise DataError(f"weights span {w.min():.3g} to {w.max():.3g}: too wide for float64 arithmetic; rescale them")
+    return w
+
+
+def _checked_offset(values: pd.Series | None) -> np.ndarray | None:
+    """The offset of the complete rows: finite."""
+    if values is None:
+        return None
+    check_numeric("offset", values)
+    return values.to_numpy(dtype=float)
+
+
 def model_frame(
-    formula: Formula, data: pd.DataFrame, transforms: dict[str, tuple] | None = None
+    formula: Formula,
+    data: pd.DataFrame,
+    transforms: dict[str, tuple] | None = None,
+    extra: dict[str, pd.Series] | None = None,
 ) -> tuple[dict[str, pd.Series], pd.Index, int]:
     """The used variables, checked for their role, on the complete rows (R's ``na.omit``): the frame, the
     index labels of the rows kept, and the number dropped.  Data-dependent calls (``scale``, ``poly``, ...)
     are evaluated on all rows, as R's ``model.frame`` does, and their states are put in ``transforms``
-    (variable -> states) for predictions."""
+    (variable -> states) for predictions.  ``extra`` columns (the ``(weights)`` and ``(offset)`` of
+    :func:`weights_and_offset`) join the frame and its missing-value rule."""
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
     if formula.response is None:
@@ -535,6 +661,7 @@ def model_frame(
         if states and transforms is not None:
             transforms[v] = states
         raw[v] = values if isinstance(values, pd.DataFrame) else clean_column(v, values, role)
+    raw.update(extra or {})
     missing = {v: _missing_rows(values) for v, values in raw.items()}
     empty = [v for v, m in missing.items() if m.all()]
     if empty:
@@ -809,6 +936,18 @@ def random_terms_of(design: Design, re_form: str | None) -> set[int] | None:
 def _bar_text(term: RandomTerm) -> str:
     effects = (["1"] if term.effects.intercept else ["0"]) + [":".join(t) for t in term.effects.terms]
     return f"({' + '.join(effects)} | {term.group_name})"
+
+
+def new_offset(design: Design, data: pd.DataFrame) -> np.ndarray:
+    """The offset on new data: the formula's ``offset(expr)`` terms evaluated on ``data`` (lme4's
+    ``predict``); an ``offset=`` argument is not applied to new data (lme4 drops it too)."""
+    out = np.zeros(len(data))
+    for expr in design.formula.offsets:
+        values = _as_float(f"offset({expr})", expression_values(expr, data)).to_numpy()
+        if not np.all(np.isfinite(values)):
+            raise DataError(f"offset({expr}) of newdata has missing or infinite values")
+        out += values
+    return out
 
 
 def theta_scale(design: Design) -> np.ndarray:

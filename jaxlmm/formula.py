@@ -60,6 +60,7 @@ class Formula:
     response: str | None
     fixed: ModelPart
     random: tuple[RandomTerm, ...]
+    offsets: tuple[str, ...] = ()  # the expressions of the fixed part's offset(...) terms, summed (R's offset)
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -397,7 +398,29 @@ def _parse(text: str) -> Formula:
                 if term in random:
                     ex.error(f"duplicated random-effects term ({_show(eff)} | {term.group_name})", pos)
                 random.append(term)
-    return Formula(text, response, fixed, tuple(random))
+    fixed, offsets = _split_offsets(fixed, random, ex)
+    return Formula(text, response, fixed, tuple(random), offsets)
+
+
+def _is_offset(variable: str) -> bool:
+    return variable.startswith("offset(") and variable.endswith(")")
+
+
+def _split_offsets(fixed: ModelPart, random: list[RandomTerm], ex: _Expander) -> tuple[ModelPart, tuple[str, ...]]:
+    """The fixed part without its ``offset(expr)`` terms, and those expressions (R's ``terms`` keeps them
+    in its ``offset`` attribute, not among the terms).  An offset inside an interaction or a random-effects
+    term has no meaning: refused."""
+    for part in [fixed] + [r.effects for r in random]:
+        for term in part.terms:
+            if any(_is_offset(v) for v in term) and (len(term) > 1 or part is not fixed):
+                v = next(v for v in term if _is_offset(v))
+                where = "a random-effects term" if part is not fixed else "an interaction"
+                ex.error(
+                    f"{v} cannot be part of {where}: an offset is added to the linear predictor on its own",
+                    max(0, ex.text.find(v)),
+                )
+    offsets = tuple(t[0][len("offset(") : -1] for t in fixed.terms if _is_offset(t[0]))
+    return ModelPart(tuple(t for t in fixed.terms if not _is_offset(t[0])), fixed.intercept), offsets
 
 
 def _show(part: ModelPart) -> str:

@@ -26,6 +26,7 @@ from .design import (
     Design,
     Structure,
     new_design_matrices,
+    new_offset,
     random_terms_of,
     theta_precondition,
     theta_scale,
@@ -74,8 +75,9 @@ def fit_result(problem: Problem, reml: bool, opt: OptSummary) -> FitResult:
     ).parts
     r2 = float(parts.r2)
 
-    def profiled(reml):
-        return float(criterion_from_parts(parts.logdet_M, parts.logdet_RX, r2, profiled_weights(n, p, reml, np), np))
+    def profiled(reml):  # with lme4's −Σ log wᵢ for prior weights (its ldW)
+        weights = profiled_weights(n, p, reml, np)
+        return float(criterion_from_parts(parts.logdet_M, parts.logdet_RX, r2, weights, np)) - design.sum_log_weights
 
     return FitResult(
         params=Params(np.asarray(parts.beta)[:p], np.asarray(opt.theta), math.sqrt(r2 / residual_df(n, p, reml, np))),
@@ -134,10 +136,12 @@ class LinearMixedModel:
 
     def criterion_and_gradient(self, theta: np.ndarray, reml: bool | None = None) -> tuple[float, np.ndarray]:
         """The profiled criterion (REML or ML; the fit's by default) and its exact gradient at theta: lme4's
-        deviance function (``lmer(..., devFunOnly = TRUE)``) with its derivative."""
-        return criterion_and_gradient(
+        deviance function (``lmer(..., devFunOnly = TRUE)``, with its −Σ log wᵢ for prior weights) with its
+        derivative."""
+        value, gradient = criterion_and_gradient(
             theta, self.cp, self.structure, self.reml if reml is None else reml, self.theta_scale
         )
+        return value - self.design.sum_log_weights, gradient
 
     def criterion_hessian(self, theta: np.ndarray, reml: bool | None = None) -> np.ndarray:
         """The criterion's (REML or ML; the fit's by default) Hessian at theta, by central differences of
@@ -249,14 +253,21 @@ class LinearMixedModel:
             out[seen] += np.einsum("ij,ij->i", Zk[seen], bk[ck[seen]])
         return out
 
-    def fitted(self) -> np.ndarray:
-        """Conditional fitted values ``Xβ̂ + Zb̂``."""
-        d = self.design
-        return d.X @ self.result.params.beta + self._random_part(d.Z, d.codes)
+    def _offset(self) -> np.ndarray | float:
+        return 0.0 if self.design.offset is None else self.design.offset
 
-    def residuals(self) -> np.ndarray:
-        """Response residuals ``y − fitted``."""
-        return self.design.y - self.fitted()
+    def fitted(self) -> np.ndarray:
+        """Conditional fitted values ``offset + Xβ̂ + Zb̂``."""
+        d = self.design
+        return self._offset() + d.X @ self.result.params.beta + self._random_part(d.Z, d.codes)
+
+    def residuals(self, type: str = "response") -> np.ndarray:
+        """lme4's ``residuals(m, type)``: ``"response"`` ``y − fitted`` (the default), or ``"pearson"``
+        ``√wᵢ (y − fitted)`` (the same without prior weights)."""
+        if type not in ("response", "pearson"):
+            raise JaxlmmError(f"type must be 'response' or 'pearson', not {type!r}")
+        r = self.design.y - self.fitted()
+        return r * np.sqrt(self.design.weights) if type == "pearson" and self.design.weights is not None else r
 
     def predict(
         self, newdata: pd.DataFrame | None = None, re_form: str | None = None, allow_new_levels: bool = False
@@ -269,6 +280,9 @@ class LinearMixedModel:
         with ``mean(x)``) uses the training data's statistics (R's ``makepredictcall``), so one row predicts
         as it would among the fitted rows.  A grouping level not in the fit is an error unless
         ``allow_new_levels``, which gives it random effects 0 (lme4's ``allow.new.levels``).
+
+        The offset is included: on ``newdata`` the formula's ``offset(expr)`` terms are evaluated there, and
+        an ``offset=`` argument of the fit is not applied (as lme4's ``predict``; a warning says so).
         """
         bars = random_terms_of(self.design, re_form)
         beta = self.result.params.beta
@@ -278,9 +292,18 @@ class LinearMixedModel:
             for term in d.terms:
                 if bars is not None and term.bar not in bars:
                     Z[term.block][:, list(term.block_columns)] = 0.0
+            offset = self._offset()
         else:
             X, Z, codes = new_design_matrices(self.design, newdata, bars, bool(allow_new_levels))
-        pred = X @ beta
+            if self.design.offset_argument:
+                warnings.warn(
+                    "the offset= argument of the fit is not applied to newdata (as lme4's predict); write the "
+                    "offset as an offset(...) term in the formula to have it evaluated on newdata",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            offset = new_offset(self.design, newdata)
+        pred = offset + X @ beta
         return pred if bars is not None and not bars else pred + self._random_part(Z, codes)
 
     # ----------------------------------------------------------- tables (see tables.py, rsq.py)

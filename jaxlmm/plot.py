@@ -99,14 +99,16 @@ def caterpillar(model: LinearMixedModel, group: str | None = None) -> Figure:
 def separate_fits(model: LinearMixedModel, group: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per level of ``group``: least-squares estimates and standard errors of the fixed-effects columns fitted
     to that level's rows alone (no pooling, R's ``lmList``); NaN where a level has too few rows or is rank
-    deficient.  Both arrays are (levels, p)."""
+    deficient.  Both arrays are (levels, p).  With prior weights and an offset: weighted least squares of
+    ``y − offset`` (the √w-scaled rows the model is fitted to)."""
     d = model.design
     k = _block(model, group)
     codes = d.codes[k]
     est = np.full((len(d.group_levels[k]), d.p), np.nan)
     se = np.full_like(est, np.nan)
+    X_all, y_all = d.model_matrices[0], d.model_response(d.y)
     for level in range(est.shape[0]):
-        X, y = d.X[codes == level], d.y[codes == level]
+        X, y = X_all[codes == level], y_all[codes == level]
         if np.linalg.matrix_rank(X) < d.p:
             continue
         beta, *_ = np.linalg.lstsq(X, y, rcond=None)

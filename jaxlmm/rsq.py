@@ -6,15 +6,26 @@
 * :func:`r2_nakagawa` — Nakagawa & Schielzeth (2013), with Johnson's (2014) random-slope extension:
   ``σ²_f = var(Xβ̂)``, ``σ²_r = Σ_terms mean_i(zᵢᵀ Σ_t zᵢ)``; marginal = σ²_f / (σ²_f + σ²_r + σ²),
   conditional = (σ²_f + σ²_r) / (σ²_f + σ²_r + σ²).
+
+With prior weights, :func:`r2_nakagawa` is performance's ``r2_nakagawa``: σ² is the residual variance at
+unit weight (``sigma(m)²``) and σ²_f the variance of Xβ̂ (the offset left out).  :func:`rsq_lmm` refuses
+models with weights or an offset: the rsq package's sums of squares are of the unweighted response.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .errors import JaxlmmError
+
 
 def rsq_lmm(model) -> dict[str, float]:
     d = model.design
+    if d.weights is not None or d.offset is not None:
+        raise JaxlmmError(
+            "rsq() (the rsq package's R² for LMMs) is defined for models without prior weights or an offset; "
+            "r2_nakagawa() (performance's) takes them: sigma² at unit weight, the offset left out"
+        )
     tau2 = np.zeros(d.n)
     for b, Z in zip(d.structure.blocks, d.Z):
         ZL = Z @ b.lambda_of(model.theta)

@@ -165,7 +165,7 @@ class Problem(NamedTuple):
 
 def padded_problem(design: Design, fine_from: int = FINE_FROM) -> Problem:
     """The :class:`Problem` of a design: cross-products computed once, padded to their bucket."""
-    cp, structure = pad_to_bucket(
-        crossproducts(design.y, design.X, design.codes, design.Z, design.structure), design.structure, fine_from
-    )
+    X, Z = design.model_matrices  # √w-scaled rows of [Z X y − offset] (lme4's weights and offset)
+    cp = crossproducts(design.model_response(design.y), X, design.codes, Z, design.structure)
+    cp, structure = pad_to_bucket(cp, design.structure, fine_from)
     return Problem(design, cp, structure)

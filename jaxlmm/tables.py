@@ -189,7 +189,7 @@ def summary_text(model, ddf: str = "Satterthwaite") -> Summary:
             ["AIC", "BIC", "logLik", "deviance", "df.resid"], [*values, str(model.nobs - model.npar)]
         )
     lines.append("")
-    resid = model.residuals() / model.sigma
+    resid = model.residuals("pearson") / model.sigma  # lme4: residuals(m, "pearson", scaled = TRUE)
     q = zapsmall(np.quantile(resid, [0, 0.25, 0.5, 0.75, 1]), 5)  # lme4: zapsmall(quantile, digits + 1)
     lines.append("Scaled residuals: ")
     lines += named_vector_lines(["Min", "1Q", "Median", "3Q", "Max"], format_numbers(q, 4))
