@@ -236,14 +236,20 @@ def _coding(part: ModelPart, specs: dict[str, VariableSpec]) -> list[dict[str, i
 
 
 def model_matrix(
-    part: ModelPart, frame: dict[str, pd.Series], specs: dict[str, VariableSpec], fixed: bool = True
+    part: ModelPart,
+    frame: dict[str, pd.Series],
+    specs: dict[str, VariableSpec],
+    fixed: bool = True,
+    n: int | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """R's ``model.matrix``: columns and R's names.  A factor is coded by its contrast (``fixed``: the
     fixed effects' contrasts, else R's defaults, as lme4 codes random-effects terms) or, where R's
     TermCode asks for it (a factor in an interaction without its main effect, or the first factor of a
     model without intercept), by an indicator column per level; a matrix variable gives one column per
-    column (``poly(x, 2)1``, ``poly(x, 2)2``)."""
-    n = len(next(iter(frame.values()))) if frame else 0
+    column (``poly(x, 2)1``, ``poly(x, 2)2``).  ``n``: the number of rows where ``frame`` may be empty (an
+    intercept-only part)."""
+    if n is None:
+        n = len(next(iter(frame.values()))) if frame else 0
     cols: list[np.ndarray] = []
     names: list[str] = []
     if part.intercept:
@@ -882,9 +888,9 @@ def new_design_matrices(
                     + ", ".join(map(repr, sorted(set(map(_level_label, unseen)))[:5]))
                 )
         frame[v] = values
-    X_all, names = model_matrix(formula.fixed, frame, design.specs)
-    X = X_all[:, [names.index(nm) for nm in design.fixef_names]]
     n = len(data)
+    X_all, names = model_matrix(formula.fixed, frame, design.specs, n=n)
+    X = X_all[:, [names.index(nm) for nm in design.fixef_names]]
     Z = [np.zeros((n, b.q)) for b in design.structure.blocks]
     codes = [np.full(n, -1, dtype=np.int64) for _ in design.structure.blocks]
     for term in design.terms:
