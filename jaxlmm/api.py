@@ -15,12 +15,15 @@ from .buckets import fit_by, fit_datasets
 from .compare import PBTest, anova, pbtest
 from .design import build_design
 from .errors import DataError, JaxlmmError
+from .family import make_family
 from .formula import parse_formula
+from .glmm import GeneralizedLinearMixedModel, fit_glmm
+from .glmm_design import build_glmm_design
 from .model import LinearMixedModel, fit_design
 from .optimize import Control
 from .power import power, power_curve
 
-__all__ = ["PBTest", "anova", "fit_batch", "lmer", "pbtest", "power", "power_curve"]
+__all__ = ["PBTest", "anova", "fit_batch", "glmer", "lmer", "pbtest", "power", "power_curve"]
 
 
 def lmer(formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 2000) -> LinearMixedModel:
@@ -39,6 +42,36 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 20
         raise JaxlmmError(f"max_iter must be a positive integer, not {max_iter!r}")
     design = build_design(parse_formula(formula), data)
     return fit_design(design, reml=bool(reml), control=Control(max_iter=int(max_iter)))
+
+
+def glmer(
+    formula: str,
+    data: pd.DataFrame,
+    family="binomial",
+    nagq: int = 1,
+    offset=None,
+    weights=None,
+    link: str | None = None,
+    max_iter: int = 2000,
+) -> GeneralizedLinearMixedModel:
+    """Fit a generalized linear mixed model (lme4's ``glmer``) by maximum likelihood.
+
+    ``family``: "binomial" (logit link) or "poisson" (log link); other families and links are refused.
+    The response forms (0/1, booleans, a two-level factor, ``cbind(successes, failures)``, a proportion
+    with ``weights=`` the trials; counts) and offsets (``offset()`` terms and ``offset=``, a column name or
+    one value per row) are :mod:`jaxlmm.glmm_design`'s.  ``nagq = 1`` is the Laplace approximation; ``nagq
+    > 1`` adaptive Gauss–Hermite quadrature, for a single scalar random-effects term only (as lme4).
+    """
+    fam = make_family(family, link)
+    if not isinstance(nagq, (int, np.integer)) or isinstance(nagq, bool) or not 1 <= nagq <= 100:
+        raise JaxlmmError(f"nagq must be an integer from 1 to 100, not {nagq!r}")
+    if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
+        raise JaxlmmError(f"max_iter must be a positive integer, not {max_iter!r}")
+    gd = build_glmm_design(parse_formula(formula), data, fam, offset=offset, weights=weights)
+    blocks = gd.design.structure.blocks
+    if nagq > 1 and (len(blocks) != 1 or blocks[0].q != 1):
+        raise JaxlmmError("nagq > 1 (adaptive Gauss-Hermite quadrature) needs a single scalar random-effects term")
+    return fit_glmm(gd, int(nagq), Control(max_iter=int(max_iter)))
 
 
 def fit_batch(

@@ -121,7 +121,8 @@ def group_coefficients(model, group: str | None = None) -> pd.DataFrame:
     return out
 
 
-def _stars(p: float) -> str:
+def stars(p: float) -> str:
+    """R's significance stars: *** < 0.001, ** < 0.01, * < 0.05, . < 0.1."""
     return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "." if p < 0.1 else " "
 
 
@@ -176,7 +177,7 @@ def summary_text(model) -> str:
         p = row["Pr(>|t|)"]
         lines.append(
             f"{name:<{wn}} {row['Estimate']:11.4g} {row['Std. Error']:11.4g} {row['df']:9.3f} "
-            f"{row['t value']:8.3f} {p:10.3g} {_stars(p)}"
+            f"{row['t value']:8.3f} {p:10.3g} {stars(p)}"
         )
     lines.append("---")
     lines.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
