@@ -19,19 +19,23 @@ import scipy.special
 from .batch import fit_products
 from .bootstrap import simulated_products
 from .errors import ModelComparisonError
+from .glmm import GeneralizedLinearMixedModel
 from .model import LinearMixedModel
 from .params import Params
 from .shapes import Problem
 
 
 def _check_models(models) -> None:
-    """Every argument is a fitted model (lme4's anova dispatches on merMod objects only)."""
+    """Every argument is a fitted model (lme4's anova dispatches on merMod objects only), all linear or
+    all generalized (glmer fits are compared by their Laplace/AGQ log-likelihoods)."""
     for k, m in enumerate(models):
-        if not isinstance(m, LinearMixedModel):
+        if not isinstance(m, (LinearMixedModel, GeneralizedLinearMixedModel)):
             raise ModelComparisonError(
                 f"argument {k + 1} is a {type(m).__name__}, not a fitted model from "
-                "jaxlmm.lmer: anova compares fitted models"
+                "jaxlmm.lmer or jaxlmm.glmer: anova compares fitted models"
             )
+    if len({isinstance(m, GeneralizedLinearMixedModel) for m in models}) > 1:
+        raise ModelComparisonError("anova compares lmer fits with lmer fits and glmer fits with glmer fits")
 
 
 def same_observations(models) -> None:
@@ -94,6 +98,8 @@ def anova(
         },
         index=pd.Index([names[k] for k in order]),
     )
+    if nsim > 0 and isinstance(fits[0], GeneralizedLinearMixedModel):
+        raise ModelComparisonError("anova(..., nsim=) is for lmer fits; use jaxlmm.glmm_batch.pbtest for glmer fits")
     if nsim > 0:
         table["Pr(boot)"] = [np.nan] + [
             pbtest(large, small, nsim, seed, progress).p_boot if large.npar > small.npar else np.nan

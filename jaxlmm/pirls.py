@@ -176,8 +176,9 @@ def newton_pieces(A, eta_fixed, u, data: GlmmData, structure: Structure, family:
 
 
 def penalised_deviance(A, eta_fixed, u, data: GlmmData, structure: Structure, family: Family) -> jnp.ndarray:
+    """pdev(u) less the saturated constant (which depends on y alone)."""
     eta = eta_fixed + random_part(A, u, data, structure)
-    return jnp.sum(family.deviance_residuals(data.y, data.wt, eta)) + jnp.sum(u**2)
+    return jnp.sum(family.deviance_kernel(data.y, data.wt, eta)) + jnp.sum(u**2)
 
 
 class PirlsState(NamedTuple):
@@ -192,7 +193,8 @@ def conditional_modes(
 ) -> PirlsState:
     """The mode u*(θ, β) of the penalised deviance by PIRLS (Newton steps with step halving).
 
-    A lane stops when the Newton decrement ``gᵀH⁻¹g`` of pdev is below :data:`PIRLS_TOL`, or after
+    A lane stops after a Newton step whose decrement ``gᵀH⁻¹g`` was below :data:`PIRLS_TOL` (the
+    decrement left is then of order its square), when a step no longer lowers pdev, or after
     :data:`MAX_PIRLS` steps (``done`` False then).  A step that raises pdev (or makes it NaN) is halved up
     to :data:`MAX_HALVINGS` times, as lme4's ``pwrssUpdate`` does; pdev never increases.
     """
@@ -207,7 +209,6 @@ def conditional_modes(
     def step(s: PirlsState) -> PirlsState:
         pieces = newton_pieces(A, eta_fixed, s.u, data, structure, family)
         decrement = pieces.grad @ pieces.step
-        converged = decrement < PIRLS_TOL
 
         def halve(c):
             t, _, k = c
@@ -216,9 +217,11 @@ def conditional_modes(
         t, new_pdev, _ = jax.lax.while_loop(
             lambda c: (c[1] > s.pdev) & (c[2] < MAX_HALVINGS), halve, (1.0, pdev(s.u - pieces.step), 0)
         )
-        improved = ~converged & (new_pdev <= s.pdev)
+        improved = new_pdev <= s.pdev
         u = jnp.where(improved, s.u - t * pieces.step, s.u)
-        return PirlsState(u, jnp.where(improved, new_pdev, s.pdev), s.iterations + 1, converged | ~improved)
+        # a full step of decrement d leaves a decrement of O(d²): done after it
+        done = (decrement < PIRLS_TOL) | ~improved
+        return PirlsState(u, jnp.where(improved, new_pdev, s.pdev), s.iterations + 1, done)
 
     start = PirlsState(u0, pdev(u0), jnp.zeros((), jnp.int32), jnp.asarray(False))
     return jax.lax.while_loop(lambda s: ~s.done & (s.iterations < MAX_PIRLS), step, start)
