@@ -18,6 +18,7 @@ from .errors import DataError, JaxlmmError
 from .family import make_family
 from .formula import parse_formula
 from .glmm import GeneralizedLinearMixedModel, fit_glmm
+from .glmm_batch import GlmmBatchFit
 from .glmm_design import build_glmm_design
 from .model import LinearMixedModel, fit_design
 from .optimize import Control
@@ -83,7 +84,11 @@ def fit_batch(
     chunk_size: int | None = None,
     progress: bool | None = None,
     by: str | None = None,
-) -> BatchFit:
+    family: str | None = None,
+    nagq: int = 1,
+    weights=None,
+    offset=None,
+) -> BatchFit | GlmmBatchFit:
     """Many fits of one formula in compiled, vmapped calls.
 
     * ``fit_batch(f, data, responses=Y)``: each column of ``Y`` (n, B) as the response, all sharing
@@ -94,7 +99,16 @@ def fit_batch(
       results in the order of first appearance, the ``by`` values in ``labels`` (:func:`jaxlmm.buckets.fit_by`).
 
     ``chunk_size`` is the number of lanes per compiled call (default :func:`default_chunk_size`).
+
+    With ``family=`` ("binomial" or "poisson"; ``nagq``, ``weights``, ``offset`` as :func:`glmer`'s) the
+    fits are glmer fits to each column of ``responses`` (proportions of the trials for a binomial
+    model), returned as a :class:`~jaxlmm.glmm_batch.GlmmBatchFit`; data-set batches are LMM-only.
     """
+    if family is not None:
+        if responses is None or data is None or datasets is not None or by is not None:
+            raise DataError("fit_batch with family= refits a glmer to responses=Y sharing data=...")
+        model = glmer(formula, data, family=family, nagq=nagq, weights=weights, offset=offset)
+        return model.refit(responses, chunk_size)
     if by is not None:
         if responses is not None or datasets is not None:
             raise DataError("by= splits one long frame (data=...) into data sets; give neither responses nor datasets")

@@ -98,8 +98,6 @@ def anova(
         },
         index=pd.Index([names[k] for k in order]),
     )
-    if nsim > 0 and isinstance(fits[0], GeneralizedLinearMixedModel):
-        raise ModelComparisonError("anova(..., nsim=) is for lmer fits; use jaxlmm.glmm_batch.pbtest for glmer fits")
     if nsim > 0:
         table["Pr(boot)"] = [np.nan] + [
             pbtest(large, small, nsim, seed, progress).p_boot if large.npar > small.npar else np.nan
@@ -164,12 +162,15 @@ def pbtest(
     progress: bool | None = None,
     simulation: str = "plain",
 ) -> PBTest:
-    """Parametric bootstrap LRT of ``small`` nested in ``large`` (pbkrtest's ``PBmodcomp``).
+    """Parametric bootstrap LRT of ``small`` nested in ``large`` (pbkrtest's ``PBmodcomp``); glmer fits
+    are refitted in lanes by :func:`glmm_pbtest`.
 
     ``simulation="direct"`` draws the simulated responses' cross-products directly (see
     :func:`~jaxlmm.bootstrap.direct_products`): the same distribution, several times cheaper, another
     random stream."""
     same_observations([large, small])
+    if isinstance(large, GeneralizedLinearMixedModel):
+        return glmm_pbtest(large, small, nsim, seed)
     large_ml, small_ml = (m.refit_ml() for m in (large, small))
     if small_ml.npar >= large_ml.npar:
         raise ModelComparisonError("the first model must have more parameters than the second")
@@ -188,6 +189,31 @@ def pbtest(
         progress,
     )
     reference = statistics[ok]
+    return PBTest(
+        lrt,
+        df,
+        float(scipy.special.chdtrc(df, lrt)),
+        float(bootstrap_p_value(reference, lrt)),
+        reference,
+        int((~ok).sum()),
+        nsim,
+    )
+
+
+def glmm_pbtest(large, small, nsim: int = 1000, seed: int | None = None) -> PBTest:
+    """PBmodcomp for two nested glmer fits: simulate from ``small`` at its estimates, refit both to each
+    response in vmapped lanes, p = (1 + #{LRT* ≥ LRT}) / (1 + #valid); replicates where either refit
+    failed are counted in ``n_failed`` and left out."""
+    if small.npar >= large.npar:
+        raise ModelComparisonError("the first model must have more parameters than the second")
+    if large.nagq != small.nagq:
+        raise ModelComparisonError("compare glmer fits with the same nagq (their log-likelihoods differ in scale)")
+    Y = small.simulate(nsim, seed)
+    fit_large, fit_small = large.refit(Y), small.refit(Y)
+    ok = fit_large.converged & fit_small.converged
+    reference = np.maximum(0.0, fit_small.criterion - fit_large.criterion)[ok]
+    lrt = max(0.0, small.criterion - large.criterion)
+    df = large.npar - small.npar
     return PBTest(
         lrt,
         df,

@@ -16,92 +16,26 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from functools import partial
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import scipy.special
 
 from . import tables
-from .design import new_design_matrices, theta_scale, theta_start
+from .design import new_design_matrices, theta_start
 from .errors import JaxlmmError
 from .family import Family
+from .glmm_batch import GlmmBatchFit, bootstrap, confint_boot, refit_responses
 from .glmm_design import GlmmDesign, new_offset
-from .laplace import criterion, deviance_residual_sum, mode_at
+from .glmm_kernel import bfgs_search, glm_start, glmm_data, value_and_gradient, x_scale
+from .laplace import deviance_residual_sum, mode_at
 from .model import ConvergenceWarning
-from .optimize import Control, OptSummary, bfgs_start, bfgs_steps, difference_hessian, minimize_theta, positive_inverse
+from .optimize import Control, OptSummary, difference_hessian, minimize_theta, positive_inverse
 from .params import TermCovariance, ran_pars, term_covariances
-from .pirls import MAX_DENSE, GlmmData, split_u
+from .pirls import MAX_DENSE, split_u
 
 MAX_DENSE_CONDVAR = 6000  # random effects up to which condsd comes from the dense inverse of H
-
-
-def glmm_data(gd: GlmmDesign, y: np.ndarray | None = None) -> GlmmData:
-    d = gd.design
-    return GlmmData(
-        jnp.asarray(d.y if y is None else y),
-        jnp.asarray(gd.wt),
-        jnp.asarray(gd.offset),
-        jnp.asarray(d.X),
-        tuple(jnp.asarray(z) for z in d.Z),
-        tuple(jnp.asarray(c) for c in d.codes),
-    )
-
-
-@partial(jax.jit, static_argnames=("structure", "family", "nagq"))
-def value_and_gradient(x, data, structure, family, nagq):
-    """The criterion and its exact gradient in x = (θ, β) (see :mod:`jaxlmm.laplace`)."""
-    return jax.value_and_grad(criterion)(x, data, structure, family, nagq)
-
-
-def column_signs(x, structure):
-    """+1 or −1 per entry of x: θ entries take the sign of their Λ column's diagonal entry (the criterion
-    is even in each column), β entries +1."""
-    diag = jnp.asarray(structure.column_diagonal)
-    theta_signs = jnp.where(x[..., diag] < 0, -1.0, 1.0)
-    ones = jnp.ones(x.shape[:-1] + (x.shape[-1] - structure.n_theta,))
-    return jnp.concatenate([theta_signs, ones], axis=-1)
-
-
-@partial(jax.jit, static_argnames=("structure", "family", "nagq"))
-def bfgs_search(x0, inv_hessian, scale, budget, gtol, data, structure, family, nagq):
-    """Compiled BFGS descent of the criterion from x0 (:func:`jaxlmm.optimize.bfgs_steps`), Λ columns
-    flipped to θ_ii ≥ 0 at the end; vmaps over lanes (responses in ``data.y``)."""
-
-    def vg(x):
-        return jax.value_and_grad(criterion)(x, data, structure, family, nagq)
-
-    s = bfgs_steps(vg, bfgs_start(x0, inv_hessian), budget, scale, gtol)
-    signs = column_signs(s.theta, structure)
-    return s._replace(theta=signs * s.theta, g=signs * s.g)
-
-
-def glm_start(gd: GlmmDesign, max_iter: int = 50) -> np.ndarray:
-    """β of the GLM without random effects by IRLS (R's ``glm.fit``), the start of the joint descent."""
-    d, fam = gd.design, gd.family
-    mu = (gd.wt * d.y + 0.5) / (gd.wt + 1.0) if fam.name == "binomial" else d.y + 0.1
-    eta = np.asarray(fam.link_of(mu)) - gd.offset
-    beta = np.zeros(d.p)
-    for _ in range(max_iter):
-        mu = np.asarray(fam.mean(jnp.asarray(eta + gd.offset)))
-        var = np.maximum(np.asarray(fam.variance(jnp.asarray(mu))), 1e-10)
-        w = gd.wt * var
-        z = eta + (d.y - mu) / var
-        sw = np.sqrt(w)
-        new = np.linalg.lstsq(d.X * sw[:, None], z * sw, rcond=None)[0]
-        done = np.max(np.abs(new - beta)) < 1e-10 * (1 + np.max(np.abs(beta)))
-        beta, eta = new, d.X @ new
-        if done:
-            break
-    return beta
-
-
-def x_scale(gd: GlmmDesign) -> np.ndarray:
-    """The optimiser's units: θ's as the LMM's, β's 1 / root mean square of its X column."""
-    rms = np.sqrt(np.mean(gd.design.X**2, axis=0))
-    return np.concatenate([theta_scale(gd.design), np.where(rms > 0, 1.0 / np.where(rms > 0, rms, 1.0), 1.0)])
 
 
 def fit_glmm(gd: GlmmDesign, nagq: int = 1, control: Control | None = None) -> GeneralizedLinearMixedModel:
@@ -374,6 +308,30 @@ class GeneralizedLinearMixedModel:
             return rng.poisson(mu).astype(float)
         trials = np.round(self.gdesign.wt)[:, None]
         return rng.binomial(trials.astype(np.int64), mu) / np.where(trials > 0, trials, 1.0)
+
+    # ----------------------------------------------------------- refits
+    def refit(self, responses: np.ndarray, chunk_size: int | None = None) -> GlmmBatchFit:
+        """Refits to each column of ``responses`` (n, B) in vmapped lanes (:func:`jaxlmm.glmm_batch.refit_responses`)."""
+        return refit_responses(self, responses, chunk_size)
+
+    def bootstrap(self, nsim: int = 1000, seed: int | None = None) -> pd.DataFrame:
+        """lme4's ``bootMer`` of θ and β: one row per replicate, with ``converged``."""
+        return bootstrap(self, nsim, seed)
+
+    def confint(self, method: str = "wald", level: float = 0.95, nsim: int = 1000, seed: int | None = None):
+        """Confidence intervals: ``"wald"`` for the fixed effects (lme4's ``confint(g, method = "Wald")``),
+        ``"boot"`` percentile intervals for θ and β from ``nsim`` parametric-bootstrap refits."""
+        if method == "boot":
+            return confint_boot(self, level, nsim, seed)
+        if method != "wald":
+            raise JaxlmmError(f"method must be 'wald' or 'boot', not {method!r}")
+        z = scipy.special.ndtri(0.5 + level / 2)
+        se = np.sqrt(np.diag(self.vcov.values))
+        a = (1 - level) / 2
+        return pd.DataFrame(
+            {f"{100 * a:.1f} %": self.beta - z * se, f"{100 * (1 - a):.1f} %": self.beta + z * se},
+            index=self.design.fixef_names,
+        )
 
     # ----------------------------------------------------------- tables
     def term_covariances(self) -> list[TermCovariance]:

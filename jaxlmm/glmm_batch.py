@@ -1,5 +1,5 @@
-"""Batched GLMM refits: many responses of one glmer design in vmapped lanes, the parametric bootstrap,
-bootstrap confidence intervals and the parametric-bootstrap LRT.
+"""Batched GLMM refits: many responses of one glmer design in vmapped lanes, the parametric bootstrap and
+bootstrap confidence intervals (the parametric-bootstrap LRT is :func:`jaxlmm.compare.pbtest`'s).
 
 Each lane runs the compiled BFGS descent of :func:`jaxlmm.glmm.bfgs_search` on its own response, from
 the fitted x = (θ, β) and the inverse of the fitted model's Hessian (which every replicate of the same
@@ -19,11 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import scipy.special
 
-from .compare import bootstrap_p_value
-from .errors import JaxlmmError, ModelComparisonError
-from .glmm import GeneralizedLinearMixedModel, column_signs, glmm_data, x_scale
+from .errors import JaxlmmError
+from .glmm_kernel import column_signs, glmm_data, x_scale
 from .laplace import criterion_constant, varying_criterion
 from .optimize import BatchControl, BFGSState, bfgs_steps, positive_inverse
 
@@ -74,7 +72,7 @@ def _lane_steps(state: BFGSState, y, scale, budget, gtol, data, structure, famil
 
 
 def refit_responses(
-    model: GeneralizedLinearMixedModel,
+    model,
     responses: np.ndarray,
     chunk_size: int | None = None,
     control: BatchControl | None = None,
@@ -132,7 +130,7 @@ def refit_responses(
     return GlmmBatchFit(x, f, ok, state.steps.copy(), model.structure.n_theta)
 
 
-def bootstrap(model: GeneralizedLinearMixedModel, nsim: int = 1000, seed: int | None = None) -> pd.DataFrame:
+def bootstrap(model, nsim: int = 1000, seed: int | None = None) -> pd.DataFrame:
     """lme4's ``bootMer(g, FUN = function(x) c(fixef(x), theta))``: one row per replicate with θ and β
     (and ``converged``), refitted to responses simulated at the estimates."""
     fits = refit_responses(model, model.simulate(nsim, seed))
@@ -142,7 +140,7 @@ def bootstrap(model: GeneralizedLinearMixedModel, nsim: int = 1000, seed: int | 
     return table
 
 
-def confint_boot(model: GeneralizedLinearMixedModel, level: float = 0.95, nsim: int = 1000, seed: int | None = None):
+def confint_boot(model, level: float = 0.95, nsim: int = 1000, seed: int | None = None):
     """Percentile bootstrap intervals for the random-effect standard deviations (single-column terms:
     |θ|) and the fixed effects, as lme4's ``confint(g, method = "boot")`` for θ and β; failed replicates
     are left out."""
@@ -153,40 +151,3 @@ def confint_boot(model: GeneralizedLinearMixedModel, level: float = 0.95, nsim: 
     q.columns = [f"{100 * a:.1f} %", f"{100 * (1 - a):.1f} %"]
     q.attrs["n_failed"] = int((~table["converged"]).sum())
     return q
-
-
-@dataclass(frozen=True)
-class GlmmPBTest:
-    """The parametric-bootstrap LRT of two nested glmer fits (pbkrtest's ``PBmodcomp``)."""
-
-    lrt: float
-    df: int
-    p_chisq: float
-    p_boot: float
-    reference: np.ndarray  # LRT of each valid replicate
-    n_failed: int
-
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            {"stat": [self.lrt, self.lrt], "df": [self.df, np.nan], "p.value": [self.p_chisq, self.p_boot]},
-            index=["LRT", "PBtest"],
-        )
-
-
-def pbtest(
-    large: GeneralizedLinearMixedModel, small: GeneralizedLinearMixedModel, nsim: int = 1000, seed: int | None = None
-) -> GlmmPBTest:
-    """Simulate from ``small``, refit both models to each response, p = (1 + #{LRT* ≥ LRT}) / (1 + valid)."""
-    if large.npar <= small.npar:
-        large, small = small, large
-    if large.nobs != small.nobs or not np.array_equal(large.design.y, small.design.y):
-        raise ModelComparisonError("pbtest needs two models fitted to the same observations")
-    Y = small.simulate(nsim, seed)
-    fl, fs = refit_responses(large, Y), refit_responses(small, Y)
-    ok = fl.converged & fs.converged
-    ref = np.maximum(fs.criterion - fl.criterion, 0.0)[ok]
-    lrt = max(small.criterion - large.criterion, 0.0)
-    df = large.npar - small.npar
-    return GlmmPBTest(
-        lrt, df, float(scipy.special.chdtrc(df, lrt)), float(bootstrap_p_value(ref, lrt)), ref, int((~ok).sum())
-    )

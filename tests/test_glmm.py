@@ -209,3 +209,21 @@ def test_batched_refits_match_single_fits():
         single = jaxlmm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", frame)
         assert fits.criterion[k] == pytest.approx(single.criterion, abs=1e-6)
         np.testing.assert_allclose(fits.x[k], single.x, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_pbtest_and_boot_confint():
+    cbpp = data("cbpp")
+    m1 = fitted("cbpp")
+    m0 = jaxlmm.glmer("cbind(incidence, size - incidence) ~ 1 + (1 | herd)", cbpp)
+    pb = jaxlmm.pbtest(m1, m0, nsim=60, seed=2)
+    assert pb.lrt == pytest.approx(m0.criterion - m1.criterion)
+    assert pb.n_failed + pb.reference.size == 60
+    assert pb.p_boot == pytest.approx((1 + np.sum(pb.reference >= pb.lrt)) / (1 + pb.reference.size))
+    ci = m1.confint(method="boot", nsim=60, seed=1)
+    assert list(ci.index) == ["theta1", *m1.design.fixef_names]
+    assert np.all(ci.iloc[:, 0] < ci.iloc[:, 1])
+    wald = m1.confint()
+    np.testing.assert_allclose(wald.mean(axis=1), m1.beta)
+    fits = jaxlmm.fit_batch(m1.formula, cbpp, responses=m1.simulate(8, seed=4), family="binomial")
+    assert fits.x.shape == (8, 5) and fits.n_failed == 0
