@@ -13,7 +13,7 @@ from .cache import count_executables, default_folder, use_compilation_cache
 use_compilation_cache(default_folder())
 count_executables()
 
-from .api import anova, fit_batch, glmer, lmer, pbtest, power, power_curve
+from .api import anova, fit_batch, glmer, glmer_power, lmer, pbtest, power, power_curve
 from .batch import BatchFit
 from .datasets import load_seed
 from .errors import DataError, FormulaError, JaxlmmError, ModelComparisonError
@@ -35,6 +35,7 @@ __all__ = [
     "anova",
     "fit_batch",
     "glmer",
+    "glmer_power",
     "lmer",
     "load_seed",
     "parse_formula",

@@ -18,13 +18,14 @@ from .errors import DataError, JaxlmmError
 from .family import make_family
 from .formula import parse_formula
 from .glmm import GeneralizedLinearMixedModel, fit_glmm
-from .glmm_batch import GlmmBatchFit
+from .glmm_batch import GlmmBatchFit, GlmmPower, power_lrt
 from .glmm_design import build_glmm_design
 from .model import LinearMixedModel, fit_design
 from .optimize import Control
+from .params import theta_from_covariance
 from .power import power, power_curve
 
-__all__ = ["PBTest", "anova", "fit_batch", "glmer", "lmer", "pbtest", "power", "power_curve"]
+__all__ = ["PBTest", "anova", "fit_batch", "glmer", "glmer_power", "lmer", "pbtest", "power", "power_curve"]
 
 
 def lmer(formula: str, data: pd.DataFrame, reml: bool = True, max_iter: int = 2000) -> LinearMixedModel:
@@ -73,6 +74,35 @@ def glmer(
     if nagq > 1 and (len(blocks) != 1 or blocks[0].q != 1):
         raise JaxlmmError("nagq > 1 (adaptive Gauss-Hermite quadrature) needs a single scalar random-effects term")
     return fit_glmm(gd, int(nagq), Control(max_iter=int(max_iter)))
+
+
+def glmer_power(
+    formula: str,
+    null_formula: str,
+    data: pd.DataFrame,
+    fixef: dict[str, float],
+    covariance: dict[str, np.ndarray],
+    family="binomial",
+    nsim: int = 1000,
+    alpha: float = 0.05,
+    seed: int | None = None,
+    weights=None,
+    offset=None,
+) -> GlmmPower:
+    """Power of the likelihood-ratio test of ``null_formula`` within ``formula`` for a glmer model with
+    fixed effects ``fixef`` (by coefficient name) and random-effects covariances ``covariance`` (per
+    grouping factor) on the design ``data`` (simr's ``powerSim`` with an LR test).  ``data``'s response
+    (any valid one, e.g. a pilot or simulated response) only fits the two models whose estimates and
+    Hessians start the batched refits; the ``nsim`` responses are simulated at the given parameters."""
+    large = glmer(formula, data, family=family, weights=weights, offset=offset)
+    small = glmer(null_formula, data, family=family, weights=weights, offset=offset)
+    names = large.design.fixef_names
+    missing = [n for n in names if n not in fixef]
+    if missing:
+        raise DataError(f"fixef needs a value for {', '.join(missing)}")
+    theta = theta_from_covariance(large.design, covariance, 1.0)
+    x = np.concatenate([theta, [float(fixef[n]) for n in names]])
+    return power_lrt(large, small, x, nsim, alpha, seed)
 
 
 def fit_batch(

@@ -29,6 +29,7 @@ differences of this exact gradient, as lme4 takes them by differences of the cri
 from __future__ import annotations
 
 from functools import cache
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ import numpy as np
 
 from .design import Structure
 from .family import Family
-from .pirls import GlmmData, conditional_modes, newton_pieces, scaled_z
+from .pirls import GlmmData, HFactor, conditional_modes, factor_h, newton_pieces, random_part, scaled_z
 
 
 @cache
@@ -47,20 +48,29 @@ def gauss_hermite(nagq: int) -> tuple[np.ndarray, np.ndarray]:
     return z, w / np.sqrt(2.0 * np.pi)
 
 
+class ModeAt(NamedTuple):
+    """η and the factor of H = ΛᵀZᵀWZΛ + I at the mode."""
+
+    eta: jnp.ndarray
+    factor: HFactor
+
+
 def split_x(x: jnp.ndarray, structure: Structure) -> tuple[jnp.ndarray, jnp.ndarray]:
     return x[..., : structure.n_theta], x[..., structure.n_theta :]
 
 
 def mode_at(x, data: GlmmData, structure: Structure, family: Family):
-    """(u₁, Newton pieces at u₁, A = ZΛ rows, η's fixed part): the mode as a differentiable function of x
-    (see the module's docstring)."""
+    """(u₁, η and the factor of H at u₁, A = ZΛ rows, η's fixed part): the mode as a differentiable
+    function of x (see the module's docstring)."""
     theta, beta = split_x(x, structure)
     state = conditional_modes(jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta), data, structure, family)
     u_star = jax.lax.stop_gradient(state.u)
     A = scaled_z(theta, data, structure)
     eta_fixed = data.offset + data.X @ beta
     u1 = u_star - newton_pieces(A, eta_fixed, u_star, data, structure, family).step
-    return u1, newton_pieces(A, eta_fixed, u1, data, structure, family), A, eta_fixed
+    eta = eta_fixed + random_part(A, u1, data, structure)
+    factor = factor_h(A, data.wt * family.variance(family.mean(eta)), data, structure)
+    return u1, ModeAt(eta, factor), A, eta_fixed
 
 
 def criterion(x, data: GlmmData, structure: Structure, family: Family, nagq: int = 1) -> jnp.ndarray:
