@@ -13,11 +13,12 @@ from .cache import count_executables, default_folder, use_compilation_cache
 use_compilation_cache(default_folder())
 count_executables()
 
-from .api import anova, fit_batch, krtest, lmer, pbtest, power, power_curve
+from .api import anova, fit_batch, glmer, glmer_power, krtest, lmer, pbtest, power, power_curve
 from .batch import BatchFit
 from .datasets import load_seed
 from .errors import DataError, FormulaError, JaxlmmError, ModelComparisonError
 from .formula import parse_formula
+from .glmm import GeneralizedLinearMixedModel
 from .model import ConvergenceWarning, LinearMixedModel
 from .params import Params
 
@@ -26,12 +27,15 @@ __all__ = [
     "ConvergenceWarning",
     "DataError",
     "FormulaError",
+    "GeneralizedLinearMixedModel",
     "JaxlmmError",
     "LinearMixedModel",
     "ModelComparisonError",
     "Params",
     "anova",
     "fit_batch",
+    "glmer",
+    "glmer_power",
     "krtest",
     "lmer",
     "load_seed",

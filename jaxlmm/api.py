@@ -15,12 +15,29 @@ from .buckets import fit_by, fit_datasets
 from .compare import KRTest, PBTest, anova, krtest, pbtest
 from .design import build_design
 from .errors import DataError, JaxlmmError
+from .family import make_family
 from .formula import parse_formula
+from .glmm import GeneralizedLinearMixedModel, fit_glmm
+from .glmm_batch import GlmmBatchFit, GlmmPower, power_lrt
+from .glmm_design import build_glmm_design
 from .model import LinearMixedModel, fit_design
 from .optimize import Control
+from .params import theta_from_covariance
 from .power import power, power_curve
 
-__all__ = ["KRTest", "PBTest", "anova", "fit_batch", "krtest", "lmer", "pbtest", "power", "power_curve"]
+__all__ = [
+    "KRTest",
+    "PBTest",
+    "anova",
+    "fit_batch",
+    "glmer",
+    "glmer_power",
+    "krtest",
+    "lmer",
+    "pbtest",
+    "power",
+    "power_curve",
+]
 
 
 def lmer(
@@ -68,6 +85,65 @@ def lmer(
     return model
 
 
+def glmer(
+    formula: str,
+    data: pd.DataFrame,
+    family="binomial",
+    nagq: int = 1,
+    offset=None,
+    weights=None,
+    link: str | None = None,
+    max_iter: int = 2000,
+) -> GeneralizedLinearMixedModel:
+    """Fit a generalized linear mixed model (lme4's ``glmer``) by maximum likelihood.
+
+    ``family``: "binomial" (logit link) or "poisson" (log link); other families and links are refused.
+    The response forms (0/1, booleans, a two-level factor, ``cbind(successes, failures)``, a proportion
+    with ``weights=`` the trials; counts) and offsets (``offset()`` terms and ``offset=``, a column name or
+    one value per row) are :mod:`jaxlmm.glmm_design`'s.  ``nagq = 1`` is the Laplace approximation; ``nagq
+    > 1`` adaptive Gauss–Hermite quadrature, for a single scalar random-effects term only (as lme4).
+    """
+    fam = make_family(family, link)
+    if not isinstance(nagq, (int, np.integer)) or isinstance(nagq, bool) or not 1 <= nagq <= 100:
+        raise JaxlmmError(f"nagq must be an integer from 1 to 100, not {nagq!r}")
+    if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
+        raise JaxlmmError(f"max_iter must be a positive integer, not {max_iter!r}")
+    gd = build_glmm_design(parse_formula(formula), data, fam, offset=offset, weights=weights)
+    blocks = gd.design.structure.blocks
+    if nagq > 1 and (len(blocks) != 1 or blocks[0].q != 1):
+        raise JaxlmmError("nagq > 1 (adaptive Gauss-Hermite quadrature) needs a single scalar random-effects term")
+    return fit_glmm(gd, int(nagq), Control(max_iter=int(max_iter)))
+
+
+def glmer_power(
+    formula: str,
+    null_formula: str,
+    data: pd.DataFrame,
+    fixef: dict[str, float],
+    covariance: dict[str, np.ndarray],
+    family="binomial",
+    nsim: int = 1000,
+    alpha: float = 0.05,
+    seed: int | None = None,
+    weights=None,
+    offset=None,
+) -> GlmmPower:
+    """Power of the likelihood-ratio test of ``null_formula`` within ``formula`` for a glmer model with
+    fixed effects ``fixef`` (by coefficient name) and random-effects covariances ``covariance`` (per
+    grouping factor) on the design ``data`` (simr's ``powerSim`` with an LR test).  ``data``'s response
+    (any valid one, e.g. a pilot or simulated response) only fits the two models whose estimates and
+    Hessians start the batched refits; the ``nsim`` responses are simulated at the given parameters."""
+    large = glmer(formula, data, family=family, weights=weights, offset=offset)
+    small = glmer(null_formula, data, family=family, weights=weights, offset=offset)
+    names = large.design.fixef_names
+    missing = [n for n in names if n not in fixef]
+    if missing:
+        raise DataError(f"fixef needs a value for {', '.join(missing)}")
+    theta = theta_from_covariance(large.design, covariance, 1.0)
+    x = np.concatenate([theta, [float(fixef[n]) for n in names]])
+    return power_lrt(large, small, x, nsim, alpha, seed)
+
+
 def fit_batch(
     formula: str,
     data: pd.DataFrame | None = None,
@@ -77,9 +153,11 @@ def fit_batch(
     chunk_size: int | None = None,
     progress: bool | None = None,
     by: str | None = None,
+    family: str | None = None,
+    nagq: int = 1,
     weights=None,
     offset=None,
-) -> BatchFit:
+) -> BatchFit | GlmmBatchFit:
     """Many fits of one formula in compiled, vmapped calls.
 
     * ``fit_batch(f, data, responses=Y)``: each column of ``Y`` (n, B) as the response, all sharing
@@ -94,7 +172,16 @@ def fit_batch(
     ``weights``/``offset`` are :func:`lmer`'s.  With ``responses`` they are shared by every column of ``Y``
     (a column name of ``data`` or one value per row; the offset is subtracted from each response); with
     ``datasets`` or ``by`` they are column names, read in each data set.
+
+    With ``family=`` ("binomial" or "poisson"; ``nagq``, ``weights``, ``offset`` as :func:`glmer`'s) the
+    fits are glmer fits to each column of ``responses`` (proportions of the trials for a binomial
+    model), returned as a :class:`~jaxlmm.glmm_batch.GlmmBatchFit`; data-set batches are LMM-only.
     """
+    if family is not None:
+        if responses is None or data is None or datasets is not None or by is not None:
+            raise DataError("fit_batch with family= refits a glmer to responses=Y sharing data=...")
+        model = glmer(formula, data, family=family, nagq=nagq, weights=weights, offset=offset)
+        return model.refit(responses, chunk_size)
     if by is not None:
         if responses is not None or datasets is not None:
             raise DataError("by= splits one long frame (data=...) into data sets; give neither responses nor datasets")

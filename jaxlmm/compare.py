@@ -34,6 +34,7 @@ from .batch import fit_products
 from .bootstrap import simulated_products
 from .errors import ModelComparisonError
 from .ftests import kr_f_test
+from .glmm import GeneralizedLinearMixedModel
 from .model import LinearMixedModel
 from .params import Params
 from .rformat import coefmat_lines
@@ -44,13 +45,16 @@ NESTING_RTOL = 1e-7  # a column is in a span when its least-squares residual is 
 
 
 def _check_models(models) -> None:
-    """Every argument is a fitted model (lme4's anova dispatches on merMod objects only)."""
+    """Every argument is a fitted model (lme4's anova dispatches on merMod objects only), all linear or
+    all generalized (glmer fits are compared by their Laplace/AGQ log-likelihoods)."""
     for k, m in enumerate(models):
-        if not isinstance(m, LinearMixedModel):
+        if not isinstance(m, (LinearMixedModel, GeneralizedLinearMixedModel)):
             raise ModelComparisonError(
                 f"argument {k + 1} is a {type(m).__name__}, not a fitted model from "
-                "jaxlmm.lmer: anova compares fitted models"
+                "jaxlmm.lmer or jaxlmm.glmer: anova compares fitted models"
             )
+    if len({isinstance(m, GeneralizedLinearMixedModel) for m in models}) > 1:
+        raise ModelComparisonError("anova compares lmer fits with lmer fits and glmer fits with glmer fits")
 
 
 def same_observations(models) -> None:
@@ -325,7 +329,8 @@ def pbtest(
     progress: bool | None = None,
     simulation: str = "plain",
 ) -> PBTest:
-    """Parametric bootstrap LRT of ``small`` nested in ``large`` (pbkrtest's ``PBmodcomp``).
+    """Parametric bootstrap LRT of ``small`` nested in ``large`` (pbkrtest's ``PBmodcomp``); glmer fits
+    are refitted in lanes by :func:`glmm_pbtest`.
 
     ``p_boot`` is the tail probability over every valid draw (zeros included; an observed LRT of 0 gives
     1), ``p_boot_pbkrtest`` PBmodcomp's p, which drops the draws that are not positive.  Draws whose refits
@@ -334,6 +339,8 @@ def pbtest(
     :func:`~jaxlmm.bootstrap.direct_products`): the same distribution, several times cheaper, another
     random stream."""
     same_observations([large, small])
+    if isinstance(large, GeneralizedLinearMixedModel):
+        return glmm_pbtest(large, small, nsim, seed)
     if small.npar >= large.npar:
         raise ModelComparisonError("the first model must have more parameters than the second")
     check_nested(small, large, "the second model", "the first")
@@ -437,4 +444,34 @@ def krtest(large, small) -> KRTest:
         F_unscaled=F_unscaled,
         p_unscaled=float(scipy.special.fdtrc(stats.ndf, stats.ddf, F_unscaled)),
         L=L,
+    )
+
+
+def glmm_pbtest(large, small, nsim: int = 1000, seed: int | None = None) -> PBTest:
+    """PBmodcomp for two nested glmer fits: simulate from ``small`` at its estimates, refit both to each
+    response in vmapped lanes; the LRTs and p-values by the rules of :func:`pbtest` (:func:`lrt_statistic`,
+    :func:`bootstrap_p_value`, :func:`pbkrtest_p_value`).  Replicates where either refit failed are counted
+    in ``n_failed``, clearly negative LRTs in ``n_negative``; both are left out."""
+    if small.npar >= large.npar:
+        raise ModelComparisonError("the first model must have more parameters than the second")
+    if large.nagq != small.nagq:
+        raise ModelComparisonError("compare glmer fits with the same nagq (their log-likelihoods differ in scale)")
+    Y = small.simulate(nsim, seed)
+    fit_large, fit_small = large.refit(Y), small.refit(Y)
+    ok = fit_large.converged & fit_small.converged
+    draws, negative = lrt_statistic(fit_small.criterion, fit_large.criterion)
+    reference = draws[ok & ~negative]
+    lrt, _ = lrt_statistic(small.criterion, large.criterion)
+    lrt = max(0.0, float(lrt))
+    df = large.npar - small.npar
+    return PBTest(
+        lrt,
+        df,
+        float(scipy.special.chdtrc(df, lrt)),
+        float(bootstrap_p_value(reference, lrt)),
+        reference,
+        int((~ok).sum()),
+        nsim,
+        float(pbkrtest_p_value(reference, lrt)),
+        int((ok & negative).sum()),
     )

@@ -787,9 +787,14 @@ def fixed_effects(
     return X, names, dropped
 
 
-def bar_terms(formula: Formula, frame: dict[str, pd.Series], specs: dict[str, VariableSpec], n: int) -> list[BarTerm]:
+def bar_terms(
+    formula: Formula, frame: dict[str, pd.Series], specs: dict[str, VariableSpec], n: int, allow_n: bool = False
+) -> list[BarTerm]:
     """Each random-effects term's Z and grouping factor with lme4's ``checkNlevels``/``checkZdims``, in
-    lme4's order (``mkReTrms``: decreasing number of levels, ``rev(order(nl))``, when not already so)."""
+    lme4's order (``mkReTrms``: decreasing number of levels, ``rev(order(nl))``, when not already so).
+    ``allow_n`` (lme4's ``allow.n``, which ``glFormula`` passes) accepts as many levels or random effects
+    as observations (an observation-level random effect of a GLMM)."""
+    limit = n + 1 if allow_n else n
     bars = []
     for k, bar in enumerate(formula.random):
         Zt, cols = model_matrix(bar.effects, frame, specs, fixed=False)
@@ -797,12 +802,12 @@ def bar_terms(formula: Formula, frame: dict[str, pd.Series], specs: dict[str, Va
         nlev = len(levels)
         if nlev < 2:
             raise DataError(f"grouping factor {bar.group_name!r} has only one level; a random effect needs at least 2")
-        if nlev >= n:
+        if nlev >= limit:
             raise DataError(
                 f"grouping factor {bar.group_name!r} has {nlev} levels for {n} observations: the number of "
                 "levels of each grouping factor must be < number of observations"
             )
-        if len(cols) * nlev >= n:
+        if len(cols) * nlev >= limit:
             raise DataError(
                 f"number of observations (={n}) <= number of random effects (={len(cols) * nlev}) for term "
                 f"({' + '.join(cols)} | {bar.group_name}); the random-effects parameters and the residual "
