@@ -94,6 +94,7 @@ def glmer(
     weights=None,
     link: str | None = None,
     max_iter: int = 2000,
+    data_name: str = "data",
 ) -> GeneralizedLinearMixedModel:
     """Fit a generalized linear mixed model (lme4's ``glmer``) by maximum likelihood.
 
@@ -102,6 +103,7 @@ def glmer(
     with ``weights=`` the trials; counts) and offsets (``offset()`` terms and ``offset=``, a column name or
     one value per row) are :mod:`jaxlmm.glmm_design`'s.  ``nagq = 1`` is the Laplace approximation; ``nagq
     > 1`` adaptive Gauss–Hermite quadrature, for a single scalar random-effects term only (as lme4).
+    ``data_name`` is :func:`lmer`'s.
     """
     fam = make_family(family, link)
     if not isinstance(nagq, (int, np.integer)) or isinstance(nagq, bool) or not 1 <= nagq <= 100:
@@ -112,7 +114,11 @@ def glmer(
     blocks = gd.design.structure.blocks
     if nagq > 1 and (len(blocks) != 1 or blocks[0].q != 1):
         raise JaxlmmError("nagq > 1 (adaptive Gauss-Hermite quadrature) needs a single scalar random-effects term")
-    return fit_glmm(gd, int(nagq), Control(max_iter=int(max_iter)))
+    if not isinstance(data_name, str):
+        raise JaxlmmError(f"data_name must be a string, not {data_name!r}")
+    model = fit_glmm(gd, int(nagq), Control(max_iter=int(max_iter)))
+    model.data_name = data_name
+    return model
 
 
 def glmer_power(

@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.special
 
 from . import tables
-from .design import new_design_matrices, theta_start
+from .design import new_design_matrices, random_terms_of, theta_start
 from .errors import JaxlmmError
 from .family import Family
 from .glmm_batch import GlmmBatchFit, bootstrap, confint_boot, refit_responses
@@ -77,6 +77,7 @@ class GeneralizedLinearMixedModel:
     """A fitted glmer: estimates, lme4's criterion and information criteria, tables, predictions."""
 
     reml = False  # fitted by maximum likelihood (what anova reads)
+    data_name = "data"  # lme4's name of the data in anova's and summary's headings (glmer's data_name=)
 
     def __init__(self, gdesign: GlmmDesign, nagq: int, opt: OptSummary, control: Control):
         self.gdesign = gdesign
@@ -274,21 +275,35 @@ class GeneralizedLinearMixedModel:
             return np.sign(y - mu) * np.sqrt(np.maximum(d, 0.0))
         raise JaxlmmError(f"type must be 'deviance', 'pearson' or 'response', not {type!r}")
 
-    def predict(self, newdata: pd.DataFrame | None = None, re_form: str | None = None, type: str = "link"):
-        """lme4's ``predict``: ``re_form=None`` conditional on all random effects, ``"NA"``/``"~0"``
-        population-level; ``type="link"`` (η) or ``"response"`` (μ).  The formula's offset terms are
-        evaluated on newdata; levels not in the fit get random effect 0."""
+    def predict(
+        self,
+        newdata: pd.DataFrame | None = None,
+        re_form: str | None = None,
+        type: str = "link",
+        allow_new_levels: bool = False,
+    ):
+        """lme4's ``predict``: η (``type="link"``) or μ (``"response"``) with the random effects ``re_form``
+        keeps, as :meth:`jaxlmm.model.LinearMixedModel.predict`: ``None`` all, ``"NA"``/``"~0"`` none, a
+        formula such as ``"~(1 | herd)"`` those terms.  The formula's offset terms and data-dependent calls
+        are evaluated on newdata as in the fit; an unseen grouping level is an error unless
+        ``allow_new_levels`` (random effect 0)."""
         if type not in ("link", "response"):
             raise JaxlmmError(f"type must be 'link' or 'response', not {type!r}")
-        use_re = re_form is None
-        if not use_re and str(re_form).replace(" ", "") not in ("~0", "NA", "~1-1"):
-            raise JaxlmmError("re_form must be None (all random effects) or 'NA' / '~0' (none)")
+        bars = random_terms_of(self.design, re_form)
         if newdata is None:
-            eta = self._mode[1] if use_re else self.gdesign.offset + self.design.X @ self.beta
+            if bars is None:
+                eta = self._mode[1]
+            else:
+                d = self.design
+                Z = [z.copy() for z in d.Z]
+                for term in d.terms:
+                    if term.bar not in bars:
+                        Z[term.block][:, list(term.block_columns)] = 0.0
+                eta = self.gdesign.offset + d.X @ self.beta + (self._random_part(Z, d.codes) if bars else 0.0)
         else:
-            X, Z, codes = new_design_matrices(self.design, newdata)
+            X, Z, codes = new_design_matrices(self.design, newdata, bars, bool(allow_new_levels))
             eta = new_offset(self.gdesign, newdata) + X @ self.beta
-            if use_re:
+            if bars is None or bars:
                 eta = eta + self._random_part(Z, codes)
         return self._mean(eta) if type == "response" else eta
 

@@ -80,7 +80,7 @@ def _offset_expression(term: tuple[str, ...]) -> str | None:
 def _vector(name: str, value, data: pd.DataFrame) -> np.ndarray:
     """``offset=``/``weights=``: a column name or one number per row of data, as floats (NaN kept)."""
     if isinstance(value, str):
-        value = evaluate(value, data).to_numpy()
+        value = evaluate(value, data)[0].to_numpy()
     arr = np.asarray(value)
     if arr.ndim == 0:
         arr = np.full(len(data), arr)
@@ -100,7 +100,7 @@ def build_glmm_design(formula: Formula, data: pd.DataFrame, family: Family, offs
     for r in formula.random:
         if any(_offset_expression(t) for t in r.effects.terms):
             raise DataError("offset() belongs in the fixed part of the formula, not inside a random-effects term")
-    offsets = tuple(e for t in formula.fixed.terms if (e := _offset_expression(t)) is not None)
+    offsets = formula.offsets + tuple(e for t in formula.fixed.terms if (e := _offset_expression(t)) is not None)
     fixed = ModelPart(tuple(t for t in formula.fixed.terms if _offset_expression(t) is None), formula.fixed.intercept)
     work = data.reset_index(drop=True)
     work = work.assign(**{RESPONSE: np.zeros(len(work))})  # a copy; the response column is filled below
@@ -110,14 +110,14 @@ def build_glmm_design(formula: Formula, data: pd.DataFrame, family: Family, offs
         if family.name != "binomial":
             raise DataError("cbind(successes, failures) is a binomial response; the family is " + family.name)
         for label, expr in zip(("successes", "failures"), cbind):
-            values = evaluate(expr if expr in work.columns else f"I({expr})", work)
+            values = evaluate(expr if expr in work.columns else f"I({expr})", work)[0]
             if pd.api.types.is_bool_dtype(values.dtype) or is_factor(values):
                 raise DataError(f"cbind's {label} {expr!r} must be numeric counts")
             extra[label] = values.to_numpy(dtype=float)
         work[RESPONSE] = extra["successes"]
     else:
-        work[RESPONSE] = evaluate(formula.response, work)
-    extra["offset"] = sum((evaluate(e, work).to_numpy(dtype=float) for e in offsets), np.zeros(len(work)))
+        work[RESPONSE] = evaluate(formula.response, work)[0]
+    extra["offset"] = sum((evaluate(e, work)[0].to_numpy(dtype=float) for e in offsets), np.zeros(len(work)))
     if offset is not None:
         extra["offset"] = extra["offset"] + _vector("offset", offset, work)
     if weights is not None:
@@ -128,7 +128,8 @@ def build_glmm_design(formula: Formula, data: pd.DataFrame, family: Family, offs
     missing = np.any(np.column_stack([np.isnan(v) for v in extra.values()]), axis=1)
     work = work.loc[~missing]
     working = dataclasses.replace(formula, response=RESPONSE, fixed=fixed)
-    frame, rows, n_dropped = model_frame(working, work)
+    transforms: dict[str, tuple] = {}
+    frame, rows, n_dropped = model_frame(working, work, transforms)
     rows_kept = rows.to_numpy()
     extra = {k: v[rows_kept] for k, v in extra.items()}
     y, wt = _response(formula, frame[RESPONSE], extra, family)
@@ -152,6 +153,7 @@ def build_glmm_design(formula: Formula, data: pd.DataFrame, family: Family, offs
         rows=data.index[rows_kept],
         n_dropped=n_dropped + int(missing.sum()),
         dropped_fixef=dropped,
+        transforms=transforms,
     )
     return GlmmDesign(design, wt, extra["offset"], family, formula, offsets)
 
@@ -232,4 +234,4 @@ def _response(formula: Formula, values: pd.Series, extra: dict, family: Family) 
 def new_offset(gdesign: GlmmDesign, newdata: pd.DataFrame) -> np.ndarray:
     """The formula's offset terms evaluated on new data (lme4's ``predict`` does the same; an ``offset=``
     argument of the fit is not carried to new data)."""
-    return sum((evaluate(e, newdata).to_numpy(dtype=float) for e in gdesign.offset_terms), np.zeros(len(newdata)))
+    return sum((evaluate(e, newdata)[0].to_numpy(dtype=float) for e in gdesign.offset_terms), np.zeros(len(newdata)))
