@@ -746,9 +746,7 @@ def _fit_frames(
     padded = []
     for k, d in enumerate(designs):
         X, Z = d.model_matrices  # √w-scaled rows of [Z X y − offset] (lme4's weights and offset)
-        cp, target = pad_to_bucket(
-            crossproducts(d.model_response(d.y), X, d.codes, Z, d.structure), d.structure, BATCH_FINE_FROM
-        )
+        cp, target = pad_to_bucket(crossproducts(d.model_response(d.y), X, d.codes, Z, d.structure), d.structure)
         padded.append(cp)
         groups.setdefault((target, cp.A21_val.shape[0], cp.pair_val.shape[0]), []).append(k)
     B, n_theta, p = len(designs), designs[0].structure.n_theta, len(designs[0].fixef_names)
