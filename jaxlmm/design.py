@@ -756,11 +756,9 @@ def check_contrasts(formula: Formula, frame: dict[str, pd.Series], contrasts: di
     return out
 
 
-def fixed_effects(
-    formula: Formula, frame: dict[str, pd.Series], specs: dict[str, VariableSpec], y: np.ndarray
-) -> tuple[np.ndarray, list[str], list[str]]:
-    """X with R's column names, aliased columns dropped with lme4's warning (and their names returned)."""
-    X, names = model_matrix(formula.fixed, frame, specs)
+def without_aliased_columns(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """X and its names without the columns aliased with earlier ones, and the dropped names, with lme4's
+    warning ("fixed-effect model matrix is rank deficient so dropping k columns / coefficients")."""
     keep = independent_columns(X)
     dropped = [names[j] for j in range(len(names)) if j not in set(keep)]
     if dropped:
@@ -768,9 +766,17 @@ def fixed_effects(
             f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
             f"column{'s' if len(dropped) > 1 else ''} / coefficient{'s' if len(dropped) > 1 else ''}: "
             + ", ".join(dropped),
-            stacklevel=4,
+            stacklevel=5,
         )
         X, names = X[:, keep], [names[j] for j in keep]
+    return X, names, dropped
+
+
+def fixed_effects(
+    formula: Formula, frame: dict[str, pd.Series], specs: dict[str, VariableSpec], y: np.ndarray
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """X with R's column names, aliased columns dropped with lme4's warning (and their names returned)."""
+    X, names, dropped = without_aliased_columns(*model_matrix(formula.fixed, frame, specs))
     n = len(y)
     if X.shape[1] >= n:
         raise DataError(

@@ -15,7 +15,6 @@ problem is a :class:`~jaxlmm.errors.DataError` raised here, before any compiled 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,11 +27,11 @@ from .design import (
     evaluate,
     factor_codes,
     factor_levels,
-    independent_columns,
     is_factor,
     model_frame,
     model_matrix,
     variable_specs,
+    without_aliased_columns,
 )
 from .errors import DataError
 from .family import Family
@@ -161,17 +160,7 @@ def build_glmm_design(formula: Formula, data: pd.DataFrame, family: Family, offs
 def _fixed_effects(formula: Formula, frame, specs) -> tuple[np.ndarray, list[str], list[str]]:
     """X with aliased columns dropped, with lme4's warning (as :func:`jaxlmm.design.fixed_effects`, whose
     checks of a Gaussian response do not apply)."""
-    X, names = model_matrix(formula.fixed, frame, specs)
-    keep = independent_columns(X)
-    dropped = [names[j] for j in range(len(names)) if j not in set(keep)]
-    if dropped:
-        warnings.warn(
-            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-            f"column{'s' if len(dropped) > 1 else ''} / coefficient{'s' if len(dropped) > 1 else ''}: "
-            + ", ".join(dropped),
-            stacklevel=4,
-        )
-        X, names = X[:, keep], [names[j] for j in keep]
+    X, names, dropped = without_aliased_columns(*model_matrix(formula.fixed, frame, specs))
     if X.shape[1] >= X.shape[0]:
         raise DataError(f"{X.shape[1]} fixed-effect coefficients for {X.shape[0]} observations")
     return X, names, dropped
