@@ -314,6 +314,22 @@ class PBTest:
     p_boot_pbkrtest: float = float("nan")  # PBmodcomp's p: positive draws only (pbkrtest_p_value)
     n_negative: int = 0  # converged replicates with LRT* < −tolerance: fitting failures, left out
 
+    @classmethod
+    def from_draws(cls, lrt: float, df: int, reference: np.ndarray, n_failed: int, nsim: int, n_negative: int):
+        """The test of an observed ``lrt`` against the valid simulated LRTs ``reference``: χ²(df), the
+        bootstrap tail probability (:func:`bootstrap_p_value`) and pbkrtest's (:func:`pbkrtest_p_value`)."""
+        return cls(
+            lrt,
+            df,
+            float(scipy.special.chdtrc(df, lrt)),
+            float(bootstrap_p_value(reference, lrt)),
+            reference,
+            n_failed,
+            nsim,
+            float(pbkrtest_p_value(reference, lrt)),
+            n_negative,
+        )
+
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(
             {"stat": [self.lrt, self.lrt], "df": [self.df, np.nan], "p.value": [self.p_chisq, self.p_boot]},
@@ -368,16 +384,8 @@ def pbtest(
         progress,
     )
     reference = sim.statistic[sim.valid]
-    return PBTest(
-        lrt,
-        df,
-        float(scipy.special.chdtrc(df, lrt)),
-        float(bootstrap_p_value(reference, lrt)),
-        reference,
-        int((~sim.converged).sum()),
-        nsim,
-        float(pbkrtest_p_value(reference, lrt)),
-        int((sim.converged & sim.negative).sum()),
+    return PBTest.from_draws(
+        lrt, df, reference, int((~sim.converged).sum()), nsim, int((sim.converged & sim.negative).sum())
     )
 
 
@@ -464,14 +472,4 @@ def glmm_pbtest(large, small, nsim: int = 1000, seed: int | None = None) -> PBTe
     lrt, _ = lrt_statistic(small.criterion, large.criterion)
     lrt = max(0.0, float(lrt))
     df = large.npar - small.npar
-    return PBTest(
-        lrt,
-        df,
-        float(scipy.special.chdtrc(df, lrt)),
-        float(bootstrap_p_value(reference, lrt)),
-        reference,
-        int((~ok).sum()),
-        nsim,
-        float(pbkrtest_p_value(reference, lrt)),
-        int((ok & negative).sum()),
-    )
+    return PBTest.from_draws(lrt, df, reference, int((~ok).sum()), nsim, int((ok & negative).sum()))
