@@ -17,6 +17,7 @@ from .api import anova, fit_batch, lmer, pbtest, power, power_curve
 from .batch import BatchFit
 from .datasets import load_seed
 from .errors import DataError, FormulaError, JaxlmmError, ModelComparisonError
+from .extend import SimulationModel, extend
 from .formula import parse_formula
 from .model import ConvergenceWarning, LinearMixedModel
 from .params import Params
@@ -30,7 +31,9 @@ __all__ = [
     "LinearMixedModel",
     "ModelComparisonError",
     "Params",
+    "SimulationModel",
     "anova",
+    "extend",
     "fit_batch",
     "lmer",
     "load_seed",

@@ -303,6 +303,7 @@ class Design:
     rows: pd.Index  # index labels of the rows used
     n_dropped: int = 0  # rows dropped for missing values
     dropped_fixef: list[str] = field(default_factory=list)  # aliased X columns dropped
+    data: pd.DataFrame | None = field(default=None, repr=False, compare=False)  # the frame given (simr's getData)
 
     @property
     def n(self) -> int:
@@ -483,6 +484,7 @@ def build_design(formula: Formula, data: pd.DataFrame) -> Design:
         rows=rows,
         n_dropped=n_dropped,
         dropped_fixef=dropped,
+        data=data,
     )
 
 
