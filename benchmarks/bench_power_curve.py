@@ -13,7 +13,7 @@ subjects (the pilot extended to 40 subjects, simr's ``extend``), LRT of cond (bo
 * lme4: an R loop, per size: ``simulate`` from the pilot's parameters on the first k subjects, ``lmer`` of
   both models by ML, the LRT: ``--lme4-nsim`` simulations per size, timed and extrapolated to ``--nsim``
   (labelled so).
-* mixedlm: ``mixedlm.powerCurve(model, test="condb", along="subj", values=[10, 20, 30, 40], nsim=...)`` on
+* mixedlm: ``mixedlm.powerCurve(model, test=<cond coefficient> (a Wald z test, one refit per simulation), along="subj", values=[10, 20, 30, 40], nsim=...)`` on
   its own fit of the pilot, ``--mixedlm-nsim`` simulations per size, extrapolated likewise; skipped with a
   note when mixedlm is not installed.
 """
@@ -92,9 +92,9 @@ import mixedlm
 data = pd.read_csv(sys.argv[1])
 nsim = int(sys.argv[2])
 pilot = mixedlm.lmer("y ~ cond + (1 | subj) + (1 | item)", data)
-pilot = pilot  # the pilot's effect is changed below where mixedlm allows it
+pilot.beta[1] = EFFECT  # the changed effect, as simr's fixef<-
 t = time.perf_counter()
-curve = mixedlm.powerCurve(pilot, test="condb", along="subj", values=BREAKS, nsim=nsim, seed=1)
+curve = mixedlm.powerCurve(pilot, test=pilot.matrices.fixed_names[1], along="subj", values=BREAKS, nsim=nsim, seed=1)
 print(json.dumps({"seconds": time.perf_counter() - t, "curve": str(curve)}))
 """
 
@@ -120,7 +120,9 @@ def main() -> None:
         for label in ("lrt first call", "lrt second call", "satterthwaite"):
             r = jax[label]
             print(f"jaxlmm {label}: {r['seconds']:.2f} s for {len(BREAKS)} x {args.nsim}; power {r['power']}")
-        print(f"jaxlmm fresh process total (pilot fit, extend, three curves): {jax['process, pilot fit included']:.1f} s")
+        print(
+            f"jaxlmm fresh process total (pilot fit, extend, three curves): {jax['process, pilot fit included']:.1f} s"
+        )
         total = len(BREAKS) * args.nsim
         if shutil.which("Rscript"):
             script = LME4.format(csv=csv, effect=EFFECT, breaks=", ".join(map(str, BREAKS)), nsim=args.lme4_nsim)
