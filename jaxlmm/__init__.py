@@ -17,6 +17,7 @@ from .api import anova, fit_batch, glmer, glmer_power, krtest, lmer, pbtest, pow
 from .batch import BatchFit
 from .datasets import load_seed
 from .errors import DataError, FormulaError, JaxlmmError, ModelComparisonError
+from .extend import SimulationModel, extend
 from .formula import parse_formula
 from .glmm import GeneralizedLinearMixedModel
 from .model import ConvergenceWarning, LinearMixedModel
@@ -32,7 +33,9 @@ __all__ = [
     "LinearMixedModel",
     "ModelComparisonError",
     "Params",
+    "SimulationModel",
     "anova",
+    "extend",
     "fit_batch",
     "glmer",
     "glmer_power",

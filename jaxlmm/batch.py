@@ -305,16 +305,18 @@ def fit_products(
     reml: bool,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    lanes: Problem | None = None,
 ) -> BatchFit:
     """Fit B responses of ``problem``'s design given by their cross-products with it (``Y_FIELDS``, batch
     axis first), each lane warm-started at ``theta`` with the criterion's Hessian there.  The lanes run on
     the design padded to the batch grid (``shapes.BATCH_FINE_FROM``): a batch's run time outweighs a
-    compile, so its lanes pay at most 1/8 of padding rather than up to 2x."""
+    compile, so its lanes pay at most 1/8 of padding rather than up to 2x; or on ``lanes``, the same design
+    padded by the caller (a power curve pads all its designs to one shape: one compiled call serves all)."""
     d = problem.design
     B = products["yy"].shape[0]
     scale = theta_scale(d)
     start = warm_start(theta, d.structure, scale)
-    lanes = padded_problem(d, BATCH_FINE_FROM)
+    lanes = lanes or padded_problem(d, BATCH_FINE_FROM)
     products = pad_response_products(products, d.structure, lanes.structure, lanes.cp.AXX.shape[0])
 
     def lane_cp(indices):

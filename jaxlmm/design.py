@@ -330,6 +330,7 @@ class Design:
     weights: np.ndarray | None = None  # (n,) prior weights (lme4's weights=): Var(εᵢ) = σ²/wᵢ; None: all 1
     offset: np.ndarray | None = None  # (n,) the offset(...) terms plus offset=, added to Xβ; None: 0
     offset_argument: bool = False  # part of the offset came from offset= (lme4 does not apply it to newdata)
+    data: pd.DataFrame | None = field(default=None, repr=False, compare=False)  # the frame given (simr's getData)
 
     @property
     def n(self) -> int:
@@ -552,6 +553,7 @@ def build_design(
         weights=w,
         offset=o,
         offset_argument=offset is not None,
+        data=data,
     )
 
 

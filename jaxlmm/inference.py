@@ -53,12 +53,13 @@ def difference_points(theta: np.ndarray, sigma, theta_scale: np.ndarray) -> tupl
     return np.concatenate([psi[..., None, :] + shifts, psi[..., None, :] - shifts], axis=-2), h
 
 
-def satterthwaite_from_jets(
-    gradients: np.ndarray, vcov_unscaled: np.ndarray, sigma, h: np.ndarray, contrasts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """df and ``v = lᵀVl`` for each row l of ``contrasts`` (c, p), from :func:`varpar_jets` at the
-    :func:`difference_points`; leading axes batch (lanes)."""
-    k, p = h.shape[-1], contrasts.shape[-1]
+def varpar_derivatives(
+    gradients: np.ndarray, vcov_unscaled: np.ndarray, sigma, h: np.ndarray, p: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From :func:`varpar_jets` at the :func:`difference_points`: ``V = vcov(β̂)`` (…, p, p), its derivatives
+    ``∂V/∂ψₖ`` (…, k, p, p) and ``A = 2H⁻¹`` (…, k, k), lmerTest's ``vcov_beta``, ``Jac_list`` and
+    ``vcov_varpar``; leading axes batch (lanes)."""
+    k = h.shape[-1]
     vcov_unscaled = vcov_unscaled[..., :p, :p]  # the real fixed effects (padded columns are inert)
     plus, minus = gradients[..., :k, :], gradients[..., k:, :]
     H = np.swapaxes((plus - minus) / (2.0 * h[..., :, None]), -1, -2)  # column i: ∂g/∂ψᵢ
@@ -72,9 +73,42 @@ def satterthwaite_from_jets(
         2.0 * h[..., : k - 1, None, None]
     )
     dV = np.concatenate([sigma[..., None, :, :] ** 2 * dU, (2.0 * sigma * U)[..., None, :, :]], axis=-3)  # (…, k, p, p)
-    v = np.einsum("ci,...ij,cj->...c", contrasts, sigma**2 * U, contrasts)
+    return sigma**2 * U, dV, A
+
+
+def satterthwaite_from_jets(
+    gradients: np.ndarray, vcov_unscaled: np.ndarray, sigma, h: np.ndarray, contrasts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """df and ``v = lᵀVl`` for each row l of ``contrasts`` (c, p), from :func:`varpar_jets` at the
+    :func:`difference_points`; leading axes batch (lanes)."""
+    V, dV, A = varpar_derivatives(gradients, vcov_unscaled, sigma, h, contrasts.shape[-1])
+    v = np.einsum("ci,...ij,cj->...c", contrasts, V, contrasts)
     J = np.einsum("ci,...kij,cj->...ck", contrasts, dV, contrasts)
     return 2.0 * v**2 / np.einsum("...ck,...kl,...cl->...c", J, A, J), v
+
+
+def satterthwaite_f(
+    V: np.ndarray, dV: np.ndarray, A: np.ndarray, beta: np.ndarray, L: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """lmerTest's ``contestMD`` F test of ``Lβ = 0`` for a full-rank contrast matrix L (q, p), from
+    :func:`varpar_derivatives` and β̂ (…, p); leading axes batch (lanes).
+
+    With ``LVLᵀ = P diag(d) Pᵀ`` and the rows ``lₘ = (PᵀL)ₘ``: ``F = Σₘ (lₘβ̂)²/dₘ / q``; each ``lₘ`` has its
+    Satterthwaite df ``νₘ = 2dₘ² / (JₘᵀAJₘ)``, ``Jₘₖ = lₘ ∂V/∂ψₖ lₘᵀ``, and the denominator df is lmerTest's
+    ``get_Fstat_ddf``: ``E = Σ νₘ/(νₘ − 2)``, ``ddf = 2E/(E − q)`` (2 if some νₘ ≤ 2; their mean if all
+    νₘ agree to 1e-8; ν itself for q = 1, where F = t²).  Returns (F, ddf)."""
+    q = L.shape[0]
+    d, P = np.linalg.eigh(L @ V @ L.T)
+    rows = np.swapaxes(P, -1, -2) @ L  # (…, q, p)
+    F = np.sum(np.einsum("...mi,...i->...m", rows, beta) ** 2 / d, axis=-1) / q
+    J = np.einsum("...mi,...kij,...mj->...mk", rows, dV, rows)
+    nu = 2.0 * d**2 / np.einsum("...mk,...kl,...ml->...m", J, A, J)
+    if q == 1:
+        return F, nu[..., 0]
+    E = np.sum(nu / np.where(nu > 2, nu - 2, 1.0), axis=-1)
+    ddf = np.where(np.any(nu <= 2, axis=-1), 2.0, 2.0 * E / np.where(E > q, E - q, 1.0))
+    same = np.all(np.abs(np.diff(nu, axis=-1)) < 1e-8, axis=-1)
+    return F, np.where(same, nu.mean(axis=-1), ddf)
 
 
 def satterthwaite_df(
