@@ -25,7 +25,7 @@ import numpy as np
 from .cache import bound_executables
 from .crossprod import CrossProducts
 from .design import Structure
-from .deviance import factorize, residual_df, unscaled_vcov, varpar_deviance, varpar_weights
+from .deviance import UNROLL_MAX, factorize, residual_df, unscaled_vcov, varpar_deviance, varpar_weights
 from .kernel import evaluate
 
 POSITIVE_TOL = 1e-8  # lmerTest's tolerance for the Hessian's eigenvalues
@@ -132,5 +132,20 @@ def satterthwaite_df(
 
 @partial(jax.jit, static_argnames=("structure", "cp_axes"))
 def varpar_jets_lanes(points, cp: CrossProducts, structure: Structure, reml, cp_axes: CrossProducts):
-    """:func:`varpar_jets` per lane: ``points`` (B, m, k), the cross-products' ``cp_axes`` fields batched."""
-    return jax.vmap(lambda pts, c: varpar_jets(pts, c, structure, reml), in_axes=(0, cp_axes))(points, cp)
+    """:func:`varpar_jets` per lane: ``points`` (B, m, k), the cross-products' ``cp_axes`` fields batched.
+
+    With a dense factor (crossed factors, or more than ``UNROLL_MAX`` columns of [X y]: LAPACK's Cholesky) the lanes run one after another
+    (``lax.map``), as single fits do: the vmapped forward-over-reverse derivatives of a batched Cholesky
+    can deadlock XLA's CPU thread pool (seen with 2 threads; shared/PERFORMANCE.md's trap)."""
+
+    def one(pts, c):
+        return varpar_jets(pts, c, structure, reml)
+
+    if len(structure.blocks) == 1 and cp.AXX.shape[-1] + 1 <= UNROLL_MAX:  # unrolled factors only
+        return jax.vmap(one, in_axes=(0, cp_axes))(points, cp)
+    lane_fields = [f for f, ax in zip(CrossProducts._fields, cp_axes) if ax == 0]
+    shared = {f: getattr(cp, f) for f, ax in zip(CrossProducts._fields, cp_axes) if ax is None}
+    return jax.lax.map(
+        lambda args: one(args[0], CrossProducts(**shared, **dict(zip(lane_fields, args[1:])))),
+        (points, *(getattr(cp, f) for f in lane_fields)),
+    )
