@@ -115,7 +115,7 @@ def _apply_blocks(mats, structure: Structure, M: jnp.ndarray, transpose: bool) -
 def _apply_units(units, structure: Structure, M: jnp.ndarray) -> jnp.ndarray:
     """``(I ⊗ Sᵢ) M`` for every variance parameter i: (k, q, m)."""
     out = []
-    for k, (S, b, (a, z)) in enumerate(zip(units, structure.blocks, _block_slices(structure))):
+    for S, b, (a, z) in zip(units, structure.blocks, _block_slices(structure)):
         for Si in S:
             rows = M[a:z].reshape(b.n_levels, b.q, -1)
             piece = jnp.einsum("rs,gsm->grm", Si, rows).reshape(z - a, -1)
