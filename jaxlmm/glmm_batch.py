@@ -107,8 +107,11 @@ def refit_responses(
     if Y.shape[0] != model.nobs:
         raise JaxlmmError(f"responses need {model.nobs} rows (one per observation), not {Y.shape[0]}")
     B = Y.shape[1]
-    place = lane_placement()
-    n_dev = jax.local_device_count()
+    # crossed factors factor a dense block with LAPACK's Cholesky in every lane: lanes split over several CPU
+    # devices (threads) deadlocked there (a 1,000-replicate glmer_power hung), so those stay on one device
+    one_device = len(model.design.structure.blocks) > 1 and jax.local_devices()[0].platform == "cpu"
+    place = jnp.asarray if one_device else lane_placement()
+    n_dev = 1 if one_device else jax.local_device_count()
     size = -(-chunk_lanes(model.nobs, B, chunk_size) // n_dev) * n_dev  # a multiple of the device count
     data = glmm_data(model.gdesign)
     scale = x_scale(model.gdesign)

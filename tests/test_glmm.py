@@ -227,3 +227,33 @@ def test_pbtest_and_boot_confint():
     np.testing.assert_allclose(wald.mean(axis=1), m1.beta)
     fits = jaxlmm.fit_batch(m1.formula, cbpp, responses=m1.simulate(8, seed=4), family="binomial")
     assert fits.x.shape == (8, 5) and fits.n_failed == 0
+
+
+POWER_ON_TWO_DEVICES = """
+import numpy as np, pandas as pd, jaxlmm
+rng = np.random.default_rng(1)
+d = pd.DataFrame([(f"s{s}", f"i{i}") for s in range(16) for i in range(10)], columns=["subj", "item"])
+d["cond"] = np.where(rng.random(len(d)) < 0.5, "a", "b")
+d["acc"] = (rng.random(len(d)) < 0.7).astype(int)
+r = jaxlmm.glmer_power("acc ~ cond + (1 | subj) + (1 | item)", "acc ~ 1 + (1 | subj) + (1 | item)", d,
+    fixef={"(Intercept)": 0.8, "condb": 0.5}, covariance={"subj": 0.5, "item": 0.3}, nsim=300, seed=1)
+print("power", r.power, "failed", r.n_failed)
+"""
+
+
+@pytest.mark.slow
+def test_crossed_glmer_power_on_two_cpu_devices_finishes():
+    """Crossed glmer lanes (a dense LAPACK Cholesky in each) once deadlocked when split over two CPU devices;
+    they now run on one, and the power simulation finishes with a power in (0, 1)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAXLMM_CACHE_DIR": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", POWER_ON_TWO_DEVICES], check=False, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    words = out.stdout.split()
+    power = float(words[words.index("power") + 1])
+    assert 0.0 < power < 1.0
