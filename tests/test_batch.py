@@ -69,6 +69,7 @@ def test_pbtest_against_chisq_and_ordering():
         jaxlmm.pbtest(small, large, nsim=10, seed=1)
 
 
+@pytest.mark.slow  # ~15 s, mostly compiling its shapes: kept out of the default tier's 4-minute budget
 def test_datasets_of_different_sizes_equal_single_fits():
     from conftest import load_data
 
