@@ -15,7 +15,11 @@ therefore rounded up to a bucket grid and the cross-products padded:
 
 The grid is powers of two up to ``FINE_FROM`` and ``STEPS_PER_OCTAVE`` sizes per octave beyond: small
 problems share few executables (compiling costs far more than padding them), large ones pay at most
-1/8 more work in the padded dimension.  Batched refits (of responses, or of data sets) run hundreds to
+1/8 more work in the padded dimension.  Two kinds of dimension get finer grids, because padding them costs
+more than a compile saves: the levels of the second and later blocks, which make the dense Schur block
+whose Cholesky costs their cube (powers of two only up to ``DENSE_FINE_FROM``, and ``FINE_STEPS_PER_OCTAVE``
+sizes per octave beyond ``FINE_FROM``: InstEval's 1,128 lecturers pad to 1,136, not 1,152), and sparse
+lists longer than ``LONG_LIST`` (InstEval's 1,062,300 pairs pad by 0.25%, not 11%).  Batched refits (of responses, or of data sets) run hundreds to
 thousands of lanes of one shape, where run time outweighs a compile: their lanes use the fine grid from
 ``BATCH_FINE_FROM`` on (200 data sets of 21 groups: 22 padded levels rather than 32, 1.3x faster lanes).
 """
@@ -32,25 +36,43 @@ from .design import Design, ReBlock, Structure
 FINE_FROM = 1024  # sizes above this are rounded to STEPS_PER_OCTAVE sizes per octave, not to powers of two
 BATCH_FINE_FROM = 8  # the same for the lanes of batched refits
 STEPS_PER_OCTAVE = 8
+FINE_STEPS_PER_OCTAVE = 64  # for the dense block's levels beyond FINE_FROM, and for long sparse lists
+DENSE_FINE_FROM = 128  # the dense block's levels: powers of two only up to here
+LONG_LIST = 1 << 16  # sparse lists longer than this use FINE_STEPS_PER_OCTAVE
 MIN_FIRST_LEVELS = 8  # the grouping factor with most levels has at least this many (padded) levels
 MIN_REST_LEVELS = 4
 
 
-def bucket(k: int, minimum: int = 1, fine_from: int = FINE_FROM) -> int:
+def bucket(k: int, minimum: int = 1, fine_from: int = FINE_FROM, steps: int = STEPS_PER_OCTAVE) -> int:
     """The smallest grid size >= max(k, minimum): a power of two up to ``fine_from``, beyond it a
-    multiple of 2^e / ``STEPS_PER_OCTAVE`` for the octave [2^e, 2^(e+1)) holding k."""
+    multiple of 2^e / ``steps`` for the octave (2^e, 2^(e+1)] holding k."""
     k = max(int(k), int(minimum), 1)
     power = 1 << (k - 1).bit_length()
     if power <= fine_from:
         return power
-    step = (power // 2) // STEPS_PER_OCTAVE
+    step = max((power // 2) // steps, 1)
     return -(-k // step) * step
+
+
+def dense_bucket(k: int, fine_from: int = FINE_FROM) -> int:
+    """The grid size of a second or later block's levels (rows of the dense Schur block, cubic cost)."""
+    steps = FINE_STEPS_PER_OCTAVE if k > FINE_FROM else STEPS_PER_OCTAVE
+    return bucket(k, MIN_REST_LEVELS, min(fine_from, DENSE_FINE_FROM), steps)
+
+
+def list_bucket(k: int, fine_from: int = FINE_FROM) -> int:
+    """The grid length of a sparse entry list."""
+    return bucket(k, 1, fine_from, FINE_STEPS_PER_OCTAVE if k > LONG_LIST else STEPS_PER_OCTAVE)
 
 
 def padded_structure(structure: Structure, fine_from: int = FINE_FROM) -> Structure:
     """``structure`` with each block's number of levels rounded up to its bucket."""
     blocks = tuple(
-        ReBlock(bucket(b.n_levels, MIN_FIRST_LEVELS if k == 0 else MIN_REST_LEVELS, fine_from), b.q, b.theta_index)
+        ReBlock(
+            bucket(b.n_levels, MIN_FIRST_LEVELS, fine_from) if k == 0 else dense_bucket(b.n_levels, fine_from),
+            b.q,
+            b.theta_index,
+        )
         for k, b in enumerate(structure.blocks)
     )
     return Structure(blocks, structure.n_theta)
@@ -59,7 +81,11 @@ def padded_structure(structure: Structure, fine_from: int = FINE_FROM) -> Struct
 def padded_sizes(cp: CrossProducts, fine_from: int = FINE_FROM) -> tuple[int, int, int]:
     """Bucketed lengths of the ``Z₂ᵀZ₁`` entry list and of the pair list, and the bucketed number of
     fixed-effect columns."""
-    return tuple(bucket(k, 1, fine_from) for k in (cp.A21_val.shape[0], cp.pair_val.shape[0], cp.AXX.shape[0]))
+    return (
+        list_bucket(cp.A21_val.shape[0], fine_from),
+        list_bucket(cp.pair_val.shape[0], fine_from),
+        bucket(cp.AXX.shape[0], 1, fine_from),
+    )
 
 
 def _rest_remap(structure: Structure, target: Structure) -> np.ndarray:
