@@ -61,7 +61,7 @@ from .deviance import profiled_deviance
 from .errors import DataError
 from .formula import Formula, parse_formula
 from .optimize import positive_inverse
-from .shapes import BATCH_FINE_FROM, bucket, pad_to_bucket, padded_structure
+from .shapes import BATCH_FINE_FROM, bucket, columns_bucket, pad_to_bucket, padded_structure
 
 ALL_BATCHED = CrossProducts(*([0] * len(CrossProducts._fields)))
 NOT_ELEMENTWISE = ("scale(",)  # functions of a whole column: evaluated per data set (per-data-set path)
@@ -613,7 +613,7 @@ def fit_stacked(
     seg_ds = np.repeat(np.arange(B), stacked.n_levels)
     within = np.arange(seg_ds.size) - stacked.level_start[seg_ds]
     nnz = npairs = bucket(0)  # no rest block: the sparse lists hold only padding (pad_crossproducts's lengths)
-    pp = bucket(p)  # X padded with inert unit columns, as pad_crossproducts pads it
+    pp = columns_bucket(p)  # X padded with inert unit columns, as pad_crossproducts pads it
     AXX = np.tile(np.eye(pp), (B, 1, 1))
     AXX[:, :p, :p] = stacked.AXX
     AXy = np.zeros((B, pp))

@@ -107,7 +107,7 @@ def _search(
 
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # LLVM without optimisation: ~2x faster to compile
-SMALL_WORK = 1e6  # flops of one evaluation below which compiling costs more than any fit of the shape
+SMALL_WORK = 5e4  # flops of one evaluation below which compiling costs more than any fit of the shape
 
 
 class SizedKernel:

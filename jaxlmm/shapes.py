@@ -19,8 +19,9 @@ problems share few executables (compiling costs far more than padding them), lar
 more than a compile saves: the levels of the second and later blocks, which make the dense Schur block
 whose Cholesky costs their cube (powers of two up to ``DENSE_FINE_FROM``, ``FINE_STEPS_PER_OCTAVE`` sizes
 per octave beyond: ≤ 5% more work; a crossed factor of 601 levels pads to 608, InstEval's 1,128 lecturers
-to 1,136), and sparse lists longer than ``LONG_LIST`` (InstEval's 1,062,300 pairs pad by 0.25%, not 11%).  Batched refits (of responses, or of data sets) run hundreds to
-thousands of lanes of one shape, where run time outweighs a compile: their lanes use the fine grid from
+to 1,136), and sparse lists longer than ``LONG_LIST`` (InstEval's 1,062,300 pairs pad by 0.25%, not 11%).
+Fixed-effect columns take two sizes per octave (:func:`columns_bucket`).  Batched refits (of responses, or
+of data sets) run hundreds to thousands of lanes of one shape, where run time outweighs a compile: their lanes use the fine grid from
 ``BATCH_FINE_FROM`` on (200 data sets of 21 groups: 22 padded levels rather than 32, 1.3x faster lanes).
 """
 
@@ -33,11 +34,12 @@ import numpy as np
 from .crossprod import CrossProducts, block_offsets, crossproducts
 from .design import Design, ReBlock, Structure
 
-FINE_FROM = 1024  # sizes above this are rounded to STEPS_PER_OCTAVE sizes per octave, not to powers of two
+FINE_FROM = 256  # sizes above this are rounded to STEPS_PER_OCTAVE sizes per octave, not to powers of two
 BATCH_FINE_FROM = 8  # the same for the lanes of batched refits
 STEPS_PER_OCTAVE = 8
 FINE_STEPS_PER_OCTAVE = 64  # for the dense block's levels beyond DENSE_FINE_FROM, and for long sparse lists
 DENSE_FINE_FROM = 128  # the dense block's levels: powers of two only up to here
+COLUMNS_FINE_FROM = 4  # fixed-effect columns: powers of two only up to here
 LONG_LIST = 1 << 16  # sparse lists longer than this use FINE_STEPS_PER_OCTAVE
 MIN_FIRST_LEVELS = 8  # the grouping factor with most levels has at least this many (padded) levels
 MIN_REST_LEVELS = 4
@@ -57,6 +59,12 @@ def bucket(k: int, minimum: int = 1, fine_from: int = FINE_FROM, steps: int = ST
 def dense_bucket(k: int, fine_from: int = FINE_FROM) -> int:
     """The grid size of a second or later block's levels (rows of the dense Schur block, cubic cost)."""
     return bucket(k, MIN_REST_LEVELS, min(fine_from, DENSE_FINE_FROM), FINE_STEPS_PER_OCTAVE)
+
+
+def columns_bucket(p: int, fine_from: int = FINE_FROM) -> int:
+    """The grid size of the fixed-effect columns: 1, 2, 4, 6, 8, 12, 16, 24, ... (two sizes per octave; a
+    model with 9 coefficients runs 12 columns, not 16); on the batch grid, every count above 8."""
+    return bucket(p, 1, fine_from) if fine_from <= BATCH_FINE_FROM else bucket(p, 1, COLUMNS_FINE_FROM, 2)
 
 
 def list_bucket(k: int, fine_from: int = FINE_FROM) -> int:
@@ -83,7 +91,7 @@ def padded_sizes(cp: CrossProducts, fine_from: int = FINE_FROM) -> tuple[int, in
     return (
         list_bucket(cp.A21_val.shape[0], fine_from),
         list_bucket(cp.pair_val.shape[0], fine_from),
-        bucket(cp.AXX.shape[0], 1, fine_from),
+        columns_bucket(cp.AXX.shape[0], fine_from),
     )
 
 

@@ -23,6 +23,7 @@ from jaxlmm.shapes import (
     LONG_LIST,
     STEPS_PER_OCTAVE,
     bucket,
+    columns_bucket,
     dense_bucket,
     list_bucket,
     pad_to_bucket,
@@ -41,7 +42,7 @@ def test_bucket_grid_is_powers_of_two_then_eight_steps_per_octave():
     assert bucket(3, minimum=8) == 8
 
 
-def test_dense_block_levels_and_long_lists_have_finer_grids():
+def test_dense_block_levels_columns_and_long_lists_have_finer_grids():
     """The dense Schur block costs the cube of its levels: a 601-level crossed factor pads to 608, not to
     1,024 (4.2x the Cholesky work), and InstEval's 1,128 lecturers to 1,136; long pair lists pad < 2%."""
     assert dense_bucket(601) == 608 and dense_bucket(1128) == 1136 and dense_bucket(3) == 4
@@ -53,6 +54,8 @@ def test_dense_block_levels_and_long_lists_have_finer_grids():
     assert np.max(grid[large] / sizes[large]) <= 1 + 1 / FINE_STEPS_PER_OCTAVE + 1e-12
     assert len(np.unique(grid)) < 0.03 * sizes.size  # still a grid: 64 sizes per octave
     assert list_bucket(1_062_300) == 1_064_960  # InstEval's pairs: 0.25% of padding
+    assert [columns_bucket(p) for p in range(1, 14)] == [1, 2, 4, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
+    assert columns_bucket(9, fine_from=8) == 9  # batch lanes: every count above 8
     assert list_bucket(1000) == bucket(1000) and list_bucket(LONG_LIST + 1) <= (LONG_LIST + 1) * (1 + 1 / 64)
 
 
