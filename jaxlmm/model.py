@@ -36,6 +36,7 @@ from .deviance import criterion_from_parts, profiled_weights, residual_df
 from .errors import JaxlmmError
 from .kenward_roger import KRAdjusted, adjusted_vcov
 from .kernel import (
+    FittedParts,
     criterion_and_gradient,
     criterion_hessian,
     criterion_search,
@@ -66,13 +67,14 @@ class FitResult:
     opt: OptSummary
 
 
-def fit_result(problem: Problem, reml: bool, opt: OptSummary) -> FitResult:
-    """The estimates at the optimiser's θ, from the fit's kernel (:class:`~jaxlmm.kernel.FittedParts`)."""
+def fit_result(problem: Problem, reml: bool, opt: OptSummary, parts: FittedParts | None = None) -> FitResult:
+    """The estimates at the optimiser's θ, from the fit's kernel (:class:`~jaxlmm.kernel.FittedParts`; given
+    as ``parts`` where the search already returned them at that θ)."""
     design = problem.design
     n, p = design.n, design.p
-    parts = evaluate(
-        opt.theta, problem.cp, problem.structure, profiled_weights(n, p, reml, xp=np), theta_scale(design), extras=True
-    ).parts
+    if parts is None:
+        weights = profiled_weights(n, p, reml, xp=np)
+        parts = evaluate(opt.theta, problem.cp, problem.structure, weights, theta_scale(design), extras=True).parts
     r2 = float(parts.r2)
 
     def profiled(reml):  # with lme4's −Σ log wᵢ for prior weights (its ldW)
@@ -435,16 +437,20 @@ def fit_problem(problem: Problem, reml: bool = True, control: Control | None = N
     weights = profiled_weights(design.n, design.p, reml, xp=np)
     value_and_grad = partial(criterion_and_gradient, cp=cp, structure=structure, reml=reml, scale=scale)
 
+    searched = {}  # the last search's end and the fitted parts there (invariant under its column flips)
+
     def search(theta, budget, rescale):
         r = criterion_search(
-            theta, budget, rescale, scale, precondition, weights, False, cp, structure, control.search_gtol
+            theta, budget, rescale, scale, precondition, weights, True, cp, structure, control.search_gtol
         )
-        return r.signs * r.theta, float(r.f), r.signs * r.g, int(r.steps), float(r.decrement)
+        searched.update(theta=r.signs * r.theta, parts=r.parts)
+        return searched["theta"], float(r.f), r.signs * r.g, int(r.steps), float(r.decrement)
 
     opt = minimize_theta(value_and_grad, search, theta_start(structure) * scale, structure.lower, scale, control)
     if not opt.converged:
         warnings.warn(f"Model failed to converge: {opt.message}", ConvergenceWarning, stacklevel=3)
-    return LinearMixedModel(problem, reml, fit_result(problem, reml, opt))
+    parts = searched["parts"] if np.array_equal(searched["theta"], opt.theta) else None  # else evaluated anew
+    return LinearMixedModel(problem, reml, fit_result(problem, reml, opt, parts))
 
 
 def fit_design(design: Design, reml: bool = True, control: Control | None = None) -> LinearMixedModel:
