@@ -1,15 +1,15 @@
 """Random GLMM designs for a broad check of glmer against lme4, written for R and the tests.
 
-Usage (from the repository root): ``python scripts/make_random_glmm_cases.py``; then
-``Rscript scripts/make_random_glmm_fixtures.R`` fits every case with several of lme4's optimisers and keeps
-the best criterion.  The cases mix what makes a glmer hard: every binomial response form (0/1 numbers,
-booleans, a two-level factor, ``cbind`` with varying trials, proportions with ``weights=``), Poisson counts
-with ``offset(log(t))`` and with ``offset=``, crossed and nested grouping factors, correlated and
-uncorrelated random slopes, a factor fixed effect with an interaction, covariates in units of 1e-3 or 1e3,
-true variances of zero (singular fits), near-separation, groups of one or two rows, and scalar single-term
-models with ``nAGQ = 25``.  Each case has a ``newdata`` frame of fitted rows and rows with unseen grouping
-levels (predicted with ``allow_new_levels``).  NumPy's generator with a fixed seed makes the same files on
-every machine.
+Usage (from the repository root): ``python scripts/make_random_glmm_cases.py``; then ``Rscript
+scripts/make_random_glmm_fixtures.R`` fits every case with several of lme4's optimisers and keeps the best
+criterion. The cases mix what makes a glmer hard: every binomial response form (0/1 numbers, booleans, a
+two-level factor, ``cbind`` with varying trials, proportions with ``weights=``), Poisson counts with
+``offset(log(t))`` and with ``offset=``, crossed and nested grouping factors, correlated and uncorrelated
+random slopes, a factor fixed effect with an interaction, covariates in units of 1e-3 or 1e3, true variances
+of zero (singular fits), near-separation, groups of one or two rows, cbind rows without trials, Poisson prior
+weights, rows with missing values, and scalar single-term models with ``nAGQ = 25``. Each case has a
+``newdata`` frame of fitted rows and rows with unseen grouping levels (predicted with ``allow_new_levels``).
+NumPy's generator with a fixed seed makes the same files on every machine.
 """
 
 import json
@@ -187,6 +187,52 @@ def case_agq_proportion_small_variance(rng):
     return d, "p ~ x + (1 | g)", {"family": "binomial", "factors": ["g"], "weights": "trials", "nagq": 25}
 
 
+def case_cbind_zero_trials(rng):
+    d = pd.DataFrame({"g": grouped(rng, 20, 2, 6)})
+    d["x"] = np.round(rng.normal(size=len(d)), 3)
+    d["n"] = rng.integers(0, 6, len(d))  # some rows with no trials
+    d["s"] = rng.binomial(d.n, logistic(0.2 + 0.5 * d.x + effects(rng, d.g, 0.8)))
+    return d, "cbind(s, n - s) ~ x + (1 | g)", {"family": "binomial", "factors": ["g"]}
+
+
+def case_factor_slopes(rng):
+    d = pd.DataFrame({"g": grouped(rng, 25, 6, 14)})
+    d["f"] = rng.choice(["a", "b", "c"], size=len(d))
+    b = d.f == "b"
+    eta = 0.3 + 0.5 * b - 0.4 * (d.f == "c") + effects(rng, d.g, 0.7) + effects(rng, d.g, 0.5) * b
+    d["y"] = (rng.random(len(d)) < logistic(eta)).astype(int)
+    return d, "y ~ f + (0 + f | g)", {"family": "binomial", "factors": ["g", "f"]}
+
+
+def case_poisson_both_offsets_nested(rng):
+    d = nested(rng, 6, 4, 3, 7)
+    d["t"] = np.round(rng.uniform(0.5, 4, len(d)), 2)
+    d["o2"] = np.round(rng.normal(size=len(d)) * 0.3, 3)
+    d["x"] = np.round(rng.normal(size=len(d)), 3)
+    eta = np.log(d.t) + d.o2 + 0.3 + 0.2 * d.x + effects(rng, d.a, 0.5) + effects(rng, d.a + d.b, 0.01)
+    d["count"] = rng.poisson(np.exp(eta))
+    return d, "count ~ x + offset(log(t)) + (1 | a/b)", {"family": "poisson", "factors": ["a", "b"], "offset": "o2"}
+
+
+def case_poisson_weights_missing(rng):
+    d = pd.DataFrame({"g": grouped(rng, 20, 3, 8)})
+    d["x"] = np.round(rng.normal(size=len(d)), 3)
+    d["w"] = rng.integers(1, 4, len(d)).astype(float)  # prior weights
+    d["count"] = rng.poisson(np.exp(1.0 + 0.3 * d.x + effects(rng, d.g, 0.5))).astype(float)
+    d.loc[rng.choice(len(d), 5, replace=False), "x"] = np.nan  # rows lme4 drops
+    return d, "count ~ x + (1 | g)", {"family": "poisson", "factors": ["g"], "weights": "w"}
+
+
+def case_cbind_uncorrelated_scaled(rng):
+    d = pd.DataFrame({"g": grouped(rng, 20, 4, 9)})
+    d["x"] = np.round(rng.normal(size=len(d)) * 1e3, 1)
+    d["z"] = np.round(rng.normal(size=len(d)), 3)
+    d["n"] = rng.integers(1, 10, len(d))
+    eta = -0.2 + 5e-4 * d.x + 0.4 * d.z + effects(rng, d.g, 0.6) + effects(rng, d.g, 3e-4) * d.x
+    d["s"] = rng.binomial(d.n, logistic(eta))
+    return d, "cbind(s, n - s) ~ x + z + (x + z || g)", {"family": "binomial", "factors": ["g"]}
+
+
 CASES = [
     case_binary_crossed,
     case_boolean_slopes,
@@ -204,11 +250,17 @@ CASES = [
     case_agq_cbind,
     case_agq_poisson_offset,
     case_agq_proportion_small_variance,
+    case_cbind_zero_trials,
+    case_factor_slopes,
+    case_poisson_both_offsets_nested,
+    case_poisson_weights_missing,
+    case_cbind_uncorrelated_scaled,
 ]
 
 
 def new_rows(rng, d: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
     """Five fitted rows and two rows whose grouping levels were not in the fit."""
+    d = d.dropna().reset_index(drop=True)
     new = d.iloc[np.sort(rng.choice(len(d), 5, replace=False))].copy()
     unseen = d.iloc[rng.choice(len(d), 2, replace=False)].copy()
     for g in groups:

@@ -70,8 +70,8 @@ for (cs in cases) {
   # up to 40%).  The same model with the covariate divided by its SD gives lme4's well-conditioned SEs,
   # mapped back here (x -> x / s multiplies x's coefficients by s).
   se_rescaled <- NULL
-  if ("x" %in% names(d) && !(sd(d$x) > 0.01 && sd(d$x) < 100)) {
-    s <- sd(d$x)
+  if ("x" %in% names(d) && !(sd(d$x, na.rm = TRUE) > 0.01 && sd(d$x, na.rm = TRUE) < 100)) {
+    s <- sd(d$x, na.rm = TRUE)
     scaled <- base; scaled$data$x <- d$x / s
     mx <- suppressMessages(suppressWarnings(do.call(glmer, c(scaled, list(control = controls$nlopt_tight)))))
     has_x <- sapply(strsplit(names(fixef(mx)), ":"), function(parts) "x" %in% parts)
@@ -79,6 +79,24 @@ for (cs in cases) {
     stopifnot(abs(deviance(mx) - deviance(m)) < 1e-5 * deviance(m),
               max(abs(fixef(mx) / ifelse(has_x, s, 1) - fixef(m)) / abs(fixef(m))) < 1e-3)
     se_rescaled <- as.list(se_rescaled)
+  }
+  # where lme4's Hessian is not positive definite, vcov() falls back to RX (the Hessian ignoring theta's
+  # uncertainty); its finite differences of 1e-4 can be lost in the deviance function's noise
+  # (a Poisson (1 | a/b) probe: off-diagonals of -94 where steps of 1e-3 give 9.8): the SEs from a
+  # Richardson-extrapolated central-difference Hessian of lme4's own deviance function (steps 2e-3, 4e-3)
+  se_devfun_hessian <- NULL
+  if (!is.null(vcov_note)) {
+    x0 <- c(getME(m, "theta"), fixef(m))
+    hess <- function(h) {
+      n <- length(x0); H <- matrix(0, n, n); e <- function(k) replace(numeric(n), k, h)
+      for (i in 1:n) for (j in 1:n)
+        H[i, j] <- (devfun(x0 + e(i) + e(j)) - devfun(x0 + e(i) - e(j)) - devfun(x0 - e(i) + e(j)) +
+                    devfun(x0 - e(i) - e(j))) / (4 * h^2)
+      H
+    }
+    beta <- length(getME(m, "theta")) + seq_along(fixef(m))
+    se_devfun_hessian <- as.list(setNames(sqrt(diag(2 * solve((4 * hess(2e-3) - hess(4e-3)) / 3)))[beta],
+                                          names(fixef(m))))
   }
   vc <- as.data.frame(VarCorr(m))
   vc <- vc[is.na(vc$var2), ]  # the random effects' standard deviations
@@ -99,7 +117,7 @@ for (cs in cases) {
     theta_names = as.list(names(getME(m, "theta"))),
     sd = unname(Map(function(g, t, s) list(grp = g, term = t, sd = s), vc$grp, vc$var1, vc$sdcor)),
     fixef = as.list(fixef(m)), se = as.list(sqrt(diag(V))),
-    se_rescaled = se_rescaled,
+    se_rescaled = se_rescaled, se_devfun_hessian = se_devfun_hessian,
     se_rx = as.list(sqrt(diag(as.matrix(suppressWarnings(vcov(m, use.hessian = FALSE)))))), vcov_note = vcov_note,
     predictions = pred))
   cat(sprintf("%-32s criterion %.10f by %-12s (%s)%s\n", cs$name, min(crit), names(fits)[which.min(crit)],
