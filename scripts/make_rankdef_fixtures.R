@@ -2,7 +2,7 @@
 # lme4 drops aliased columns of X: a missing cell of a two-factor interaction (a non-reference and the
 # reference cell), the same with a covariate's three-way interaction, a covariate that is a linear
 # combination of two others, and a factor nested in another with labels unique across it (empty
-# combinations).  Run from the repository root: Rscript scripts/make_rankdef_fixtures.R
+# combinations); and two full-rank designs with terms lacking a margin (lmerTest's containment).  Run from the repository root: Rscript scripts/make_rankdef_fixtures.R
 # Writes tests/fixtures/kr/rankdef_*.json and tests/fixtures/kr/rankdef.csv, rankdef_nested.csv.
 suppressMessages({library(lme4); library(lmerTest); library(pbkrtest); library(jsonlite)})
 out <- "tests/fixtures/kr"
@@ -36,6 +36,7 @@ nn <- expand.grid(subj = sprintf("s%02d", 1:14), plot = sprintf("p%d", 1:7), rep
 nn$site <- c("s1", "s1", "s1", "s2", "s2", "s3", "s3")[match(nn$plot, sprintf("p%d", 1:7))]
 nn$y <- round(c(s1 = 0, s2 = 0.8, s3 = -0.5)[nn$site] + rnorm(7, sd = 0.5)[match(nn$plot, sprintf("p%d", 1:7))] +
   rnorm(14, sd = 1)[match(nn$subj, sprintf("s%02d", 1:14))] + rnorm(nrow(nn)), 4)
+nn$pw <- c("w1", "w2", "w1", "w1", "w2", "w1", "w2")[match(nn$plot, sprintf("p%d", 1:7))]  # plot within site
 nn <- nn[sample(nrow(nn), 170), ]
 nn <- nn[order(nn$subj, nn$plot), ]
 write.csv(nn, file.path(out, "rankdef_nested.csv"), row.names = FALSE)
@@ -46,7 +47,10 @@ cases <- list(
   list(name = "rankdef_cell0", data = "rankdef_cell0", formula = "y ~ A * B + (1 | subj) + (1 | item)"),
   list(name = "rankdef_cell_x", data = "rankdef_cell", formula = "y ~ A * B * x1 + (1 | subj) + (1 | item)"),
   list(name = "rankdef_lincomb", data = "rankdef", formula = "y ~ x1 + x2 + x3 + A + (1 | subj) + (1 | item)"),
-  list(name = "rankdef_nested", data = "rankdef_nested", formula = "y ~ site / plot + (1 | subj)")
+  list(name = "rankdef_nested", data = "rankdef_nested", formula = "y ~ site / plot + (1 | subj)"),
+  # full rank, but terms whose factors attribute has a 2 (a margin absent): lmerTest's containment
+  list(name = "containment_nested", data = "rankdef_nested", formula = "y ~ site / pw + (1 | subj)"),
+  list(name = "containment_slope", data = "rankdef", formula = "y ~ x1 + A:x1 + B + (1 | subj) + (1 | item)")
 )
 
 anova_table <- function(a) {

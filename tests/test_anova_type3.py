@@ -25,6 +25,8 @@ SLOW_CASES = [
     "sleepstudy",
     "ham",  # lmerTest's ham: a three-way interaction of factors, balanced
     "ham_unbalanced",
+    "containment_nested",  # site/pw: site:pw codes site by indicators, so site is not contained in it (lmerTest)
+    "containment_slope",  # x1 + A:x1 + B: A coded by indicators in x1:A
 ]
 CASES = DEFAULT_CASES + [pytest.param(name, marks=pytest.mark.slow) for name in SLOW_CASES]
 METHODS = {"Satterthwaite": "anova_satterthwaite", "Kenward-Roger": "anova_kenward_roger"}
@@ -74,7 +76,9 @@ def test_kenward_roger_and_satterthwaite_differ_on_unbalanced_and_agree_on_balan
 
 
 @pytest.mark.parametrize(
-    "name", ["crossed_full", "singular"] + [pytest.param(n, marks=pytest.mark.slow) for n in ("balanced", "ham")]
+    "name",
+    ["crossed_full", "singular"]
+    + [pytest.param(n, marks=pytest.mark.slow) for n in ("balanced", "ham", "containment_nested", "containment_slope")],
 )
 def test_type3_hypotheses_match_lmertest(name):
     """The contrast matrices themselves (lmerTest's attr(anova, "hypotheses"))."""
