@@ -169,6 +169,10 @@ def contest(model, L, ddf: str = "Satterthwaite", rhs=0.0) -> pd.DataFrame:
 
 def type3_anova(model, ddf: str = "Satterthwaite") -> pd.DataFrame:
     """lmerTest's ``anova(m)``: the type III F test of each fixed term (``Sum Sq``, ``Mean Sq``, ``NumDF``,
-    ``DenDF``, ``F value``, ``Pr(>F)``)."""
+    ``DenDF``, ``F value``, ``Pr(>F)``); with lme4's aliased columns dropped, a term with nothing left to
+    test is an all-NaN row at the end, as in lmerTest."""
     check_ddf(model, ddf)
-    return f_tests(model, type3_contrasts(model.design), ddf)
+    Ls = type3_contrasts(model.design)
+    table = f_tests(model, Ls, ddf)
+    untested = [name for name in Ls if name not in table.index]  # all its columns aliased: NA, last (lmerTest)
+    return pd.concat([table, pd.DataFrame(np.nan, index=untested, columns=table.columns)]) if untested else table

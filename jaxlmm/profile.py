@@ -12,8 +12,12 @@ ML first, as its ``devfun2`` does) against each parameter on lme4's scale, the o
 ``ζ(v) = sign(v − v̂) √(d(v) − d̂)`` and the interval solves ``ζ = ±z_{(1+level)/2}``.  Here every grid point
 of every parameter is one lane of a single vmapped BFGS (:func:`~jaxlmm.optimize.bfgs_steps`; the free
 parameters in an unconstrained form: log sd, log σ, atanh cor), first on a grid of multiples of each
-parameter's standard error, then on a finer grid inside the bracket of each crossing; the limit is the
-root of the cubic spline through (v, ζ), as lme4 inverts its interpolating spline.  A profile that stays
+parameter's standard error, then on finer grids inside the bracket of each crossing (again while ζ changes
+by more than 0.25 across it, geometrically spaced over a bracket spanning orders of magnitude: at a singular
+fit the Wald errors that set the first grid can be far too large); the limit is the
+root of the cubic spline through (v, ζ), as lme4 inverts its interpolating spline.  At a singular fit each
+sd/cor/σ profile point is also optimised from two starts inside the boundary (sd ≥ 0.3σ̂, cor = ±0.9) and the
+lowest deviance kept: from the estimate alone BFGS in log sd / atanh cor can stall at the boundary.  A profile that stays
 inside ±z up to a bound (sd 0, correlation ±1) gives the bound, as lme4 does.
 """
 
@@ -36,7 +40,11 @@ from .kernel import SizedKernel
 from .optimize import bfgs_start, bfgs_steps
 
 COARSE_STEPS = np.array([0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.5, 8.0, 11.0, 16.0])  # × standard error
-FINE_POINTS = 6  # points inside each bracket in the second round
+FINE_POINTS = 6  # points inside each bracket in each refinement round
+MAX_REFINEMENTS = 6  # rounds of finer grids inside the brackets
+REFINED_ZETA_STEP = 0.25  # a bracket is refined again while ζ changes more than this across it
+SINGULAR_START_SD = 0.3  # at a singular fit, also start each profile from sd ≥ 0.3σ̂ and cor = ±0.9
+GEOMETRIC_RATIO = 8.0  # a positive bracket [a, b] with b > 8a gets geometrically spaced points
 BFGS_BUDGET = 400
 BFGS_GTOL = 1e-7
 COR_LIMIT = 1.0 - 1e-9  # correlations are held strictly inside (−1, 1)
@@ -222,6 +230,12 @@ def profile(model, cutoff: float) -> Profile:
     se = _standard_errors(ml, layout, u_hat)
     base = ml.deviance
     x_hat = _to_free(layout.kinds, u_hat)
+    starts = [x_hat]
+    if ml.singular:  # the others' optimum may lie across the boundary from the estimate: also start inside
+        kinds = np.array(layout.kinds)
+        for cor in (-0.9, 0.9):
+            inside = np.where(kinds == "sd", np.maximum(u_hat, SINGULAR_START_SD * u_hat[-1]), u_hat)
+            starts.append(_to_free(layout.kinds, np.where(kinds == "cor", cor, inside)))
     # fixed-effect profiles start at θ̂, a zero diagonal entry (singular fit) nudged off the point where the
     # criterion's symmetry in it makes its gradient vanish
     on_diagonal = np.isfinite(ml.structure.lower)
@@ -239,10 +253,16 @@ def profile(model, cutoff: float) -> Profile:
         var = which < m
         if var.any():
             count, size = int(var.sum()), lanes["var"]
-            x0 = np.tile(x_hat, (size, 1))
             kernel = _variance_kernel(layout)
-            f = kernel(x0, padded(which[var], size), padded(value[var], size), ml.cp, ml.structure)
-            out[var] = jax.device_get(f)[:count]
+            f = np.min(
+                [
+                    jax.device_get(kernel(np.tile(x0, (size, 1)), padded(which[var], size), padded(value[var], size),
+                                          ml.cp, ml.structure))[:count]
+                    for x0 in starts
+                ],
+                axis=0,
+            )  # fmt: skip
+            out[var] = f
         if (~var).any():
             count, size = int((~var).sum()), lanes["fixed"]
             f = _fixed_kernel(
@@ -258,21 +278,33 @@ def profile(model, cutoff: float) -> Profile:
 
     k = len(estimates)
     which = np.repeat(np.arange(k), steps.size)
-    value = np.clip(estimates[which] + np.tile(steps, k) * se[which], low[which], high[which])
+    grid_low = low.copy()
+    grid_low[m - 1] = 1e-2 * u_hat[-1]  # σ itself: the deviance is infinite at 0
+    value = np.clip(estimates[which] + np.tile(steps, k) * se[which], grid_low[which], high[which])
     zeta = evaluate(which, value)
     values = [np.append(value[which == i], estimates[i]) for i in range(k)]
     zetas = [np.append(zeta[which == i], 0.0) for i in range(k)]
-    # second round: a finer grid inside each bracket of |ζ| = cutoff
-    fine_which, fine_value = [], []
-    for i in range(k):
-        v, z = _unique_sorted(values[i], zetas[i])
-        for side in (-1, 1):
-            bracket = _bracket(v, z, side * cutoff)
-            if bracket is not None:
-                a, b = bracket
-                fine_value.append(np.linspace(a, b, FINE_POINTS + 2)[1:-1])
+    # then finer grids inside each bracket of |ζ| = cutoff, until ζ changes by at most REFINED_ZETA_STEP across
+    # it (several rounds where the first grid's unit was too coarse: Wald errors at a singular fit)
+    for round_ in range(MAX_REFINEMENTS):
+        fine_which, fine_value = [], []
+        for i in range(k):
+            v, z = _unique_sorted(values[i], zetas[i])
+            for side in (-1, 1):
+                bracket = _bracket(v, z, side * cutoff, with_zeta=True)
+                if bracket is None:
+                    continue
+                (a, za), (b, zb) = bracket
+                if round_ > 0 and abs(zb - za) <= REFINED_ZETA_STEP:
+                    continue
+                if a > 0 and b > GEOMETRIC_RATIO * a:  # a bracket over orders of magnitude: geometric points
+                    points = np.geomspace(a, b, FINE_POINTS + 2)[1:-1]
+                else:
+                    points = np.linspace(a, b, FINE_POINTS + 2)[1:-1]
+                fine_value.append(points)
                 fine_which.append(np.full(FINE_POINTS, i))
-    if fine_which:
+        if not fine_which:
+            break
         fw, fv = np.concatenate(fine_which), np.concatenate(fine_value)
         fz = evaluate(fw, fv)
         for i in range(k):
@@ -288,19 +320,22 @@ def _unique_sorted(v: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return v, z[idx]
 
 
-def _bracket(v: np.ndarray, z: np.ndarray, target: float) -> tuple[float, float] | None:
-    """Neighbouring grid values between which ζ crosses ``target`` (the crossing nearest the estimate)."""
+def _bracket(v: np.ndarray, z: np.ndarray, target: float, with_zeta: bool = False):
+    """Neighbouring grid values between which ζ crosses ``target`` (the crossing nearest the estimate);
+    ``with_zeta``: ((a, ζ(a)), (b, ζ(b)))."""
     if target > 0:
         above = np.nonzero((z >= target) & np.isfinite(z))[0]
         if above.size == 0 or above[0] == 0:
             return None
-        j = above[0]
-        return float(v[j - 1]), float(v[j])
-    below = np.nonzero((z <= target) & np.isfinite(z))[0]
-    if below.size == 0 or below[-1] == len(v) - 1:
-        return None
-    j = below[-1]
-    return float(v[j]), float(v[j + 1])
+        j0, j1 = above[0] - 1, above[0]
+    else:
+        below = np.nonzero((z <= target) & np.isfinite(z))[0]
+        if below.size == 0 or below[-1] == len(v) - 1:
+            return None
+        j0, j1 = below[-1], below[-1] + 1
+    if with_zeta:
+        return (float(v[j0]), float(z[j0])), (float(v[j1]), float(z[j1]))
+    return float(v[j0]), float(v[j1])
 
 
 def limits(v: np.ndarray, z: np.ndarray, cut: float, low: float, high: float) -> tuple[float, float]:

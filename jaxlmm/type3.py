@@ -5,25 +5,32 @@ over-parametrised design ``rdX = [1, each term coded with indicators for every l
 
     L = zapsmall((X⁺ rdX)ᵀ)             (rows: rdX's columns, columns: X's),
 
-then, terms taken by decreasing order, replaces the columns of a term contained in others (its
-variables a strict subset, the same numeric variables) by their residuals on the containing terms'
+then, terms taken by decreasing order, replaces the columns of a term contained in others (:func:`containment`)
+by their residuals on the containing terms'
 columns; the rows named as X's columns, transposed per term, are the hypotheses (rows with no
 non-zero entry dropped).  ``X⁺ rdX`` depends only on the coding when every cell is present (X C = rdX
 exactly), so it is computed on a small grid of the factors' levels (numeric variables drawn at random)
 instead of the data.  A model with a single term (or a single column) uses type I contrasts, as
 lmerTest does: the rows of the unit upper-triangular Doolittle factor of XᵀX.
+
+**Rank-deficient X** (lme4 dropped aliased columns: a missing cell of an interaction, an aliased covariate,
+a factor nested in another): ``X C = rdX`` no longer holds on a grid of every cell, so ``L`` comes, as in
+lmerTest, from the fitted rows themselves: ``X⁺ rdX`` with the reduced X and each term's remaining columns;
+a term left with no column gets no hypothesis (an all-NA row at the end of lmerTest's table), and empty
+cells are reported as lmerTest's message does ("Missing cells for: ...").
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
 
-from .design import Design, model_matrix
-from .errors import JaxlmmError
+from .design import Design, _coding, model_frame, model_matrix
+from .errors import DataError, JaxlmmError
 from .formula import ModelPart
 
 GRID_REPEATS = 3  # rows per cell of the factors' grid
@@ -73,13 +80,26 @@ def term_columns(part: ModelPart, frame: dict[str, pd.Series], specs) -> dict[st
     return out
 
 
-def _contains(design: Design, inner: tuple[str, ...], outer: tuple[str, ...]) -> bool:
-    """lmerTest's ``term_contain``: ``inner``'s variables a strict subset of ``outer``'s, same numerics."""
+def containment(design: Design) -> dict[int, list[int]]:
+    """lmerTest's ``containment``/``term_contain``: for each fixed term k, the terms containing it.  A term's
+    variables are those R's ``terms`` codes by contrasts (1 in its ``factors`` attribute, not 2: a variable
+    whose margin is absent from the earlier terms); term k is contained in term j when its variables are a
+    strict subset of j's and both have the same plain numeric ones."""
+    part = design.formula.fixed
+    codes = _coding(ModelPart(part.terms, True), design.specs)  # R's terms() ignores the intercept here
+    variables = [{v for v, c in code.items() if c == 1} for code in codes]
 
-    def numerics(t):
-        return {v for v in t if not design.specs[v].is_factor}
+    def numerics(vs):
+        return {v for v in vs if not design.specs[v].is_factor and design.specs[v].columns is None}
 
-    return set(inner) < set(outer) and numerics(inner) == numerics(outer)
+    return {
+        k: [
+            j
+            for j in range(len(part.terms))
+            if variables[k] < variables[j] and numerics(variables[k]) == numerics(variables[j])
+        ]
+        for k in range(len(part.terms))
+    }
 
 
 def type1_contrasts(design: Design, X: np.ndarray, columns: dict[str, list[int]]) -> dict[str, np.ndarray]:
@@ -90,19 +110,42 @@ def type1_contrasts(design: Design, X: np.ndarray, columns: dict[str, list[int]]
     return {term_label(t): U[columns[term_label(t)]] for t in design.formula.fixed.terms}
 
 
+def fitted_frame(design: Design) -> dict[str, pd.Series]:
+    """The model frame of the fitted rows (R's ``model.frame(m)``), rebuilt from the data the design kept."""
+    if design.data is None:
+        raise JaxlmmError("type III contrasts of a rank-deficient design need the data it was built from")
+    frame, rows, _ = model_frame(design.formula, design.data)
+    if len(rows) != design.n:  # rows dropped for a missing weight or offset too
+        if not (rows.is_unique and design.rows.is_unique):
+            raise DataError("type III contrasts: the fitted rows cannot be told apart (duplicated index labels)")
+        keep = rows.isin(design.rows)
+        frame = {v: values[keep].reset_index(drop=True) for v, values in frame.items()}
+    return frame
+
+
+def _reduced_columns(full: dict[str, list[int]], full_names: list[str], names: list[str]) -> dict[str, list[int]]:
+    """Each term's columns of the reduced X (lmerTest's ``term2colX`` of the matrix lme4 kept)."""
+    position = {nm: j for j, nm in enumerate(names)}
+    return {t: [position[full_names[j]] for j in cols if full_names[j] in position] for t, cols in full.items()}
+
+
 def type3_contrasts(design: Design) -> dict[str, np.ndarray]:
-    """The hypothesis matrix (rows × p) of each fixed term, lmerTest's ``get_contrasts_type3``."""
-    if design.dropped_fixef:
-        raise JaxlmmError(
-            "type III contrasts need a full-rank fixed-effects design; columns were dropped: "
-            + ", ".join(design.dropped_fixef)
-        )
+    """The hypothesis matrix (rows × p) of each fixed term, lmerTest's ``get_contrasts_type3``; a term whose
+    columns were all dropped as aliased gets an empty (0 × p) matrix."""
     part = design.formula.fixed
-    frame = _grid(design)
-    X, names = model_matrix(part, frame, design.specs)
-    if names != list(design.fixef_names):
-        raise JaxlmmError("type III contrasts: the design's columns could not be rebuilt on the factors' grid")
-    columns = term_columns(part, frame, design.specs)
+    rank_deficient = bool(design.dropped_fixef)
+    frame = fitted_frame(design) if rank_deficient else _grid(design)
+    X_full, full_names = model_matrix(part, frame, design.specs)
+    names = list(design.fixef_names)
+    if rank_deficient:
+        X = design.X
+        if not set(names) <= set(full_names):
+            raise JaxlmmError("type III contrasts: the design's columns could not be rebuilt from its data")
+    else:
+        X = X_full
+        if full_names != names:
+            raise JaxlmmError("type III contrasts: the design's columns could not be rebuilt on the factors' grid")
+    columns = _reduced_columns(term_columns(part, frame, design.specs), full_names, names)
     if X.shape[1] <= 1 or len(part.terms) <= 1:
         return type1_contrasts(design, X, columns)
     pieces = [np.ones((X.shape[0], 1))] if part.intercept else []
@@ -112,17 +155,22 @@ def type3_contrasts(design: Design) -> dict[str, np.ndarray]:
         pieces.append(cols)
         rd_names += nm
     rdX = np.column_stack(pieces)
-    C = np.linalg.lstsq(X, rdX, rcond=None)[0]
-    if np.max(np.abs(X @ C - rdX)) > 1e-8 * max(1.0, np.max(np.abs(rdX))):
+    C = np.linalg.lstsq(X, rdX, rcond=None)[0]  # X⁺ rdX (X has full column rank)
+    if rank_deficient:
+        empty = [nm for j, nm in enumerate(rd_names) if not np.any(rdX[:, j])]
+        if empty:
+            warnings.warn(
+                f"Missing cells for: {', '.join(empty)}. Interpret type III hypotheses with care.", stacklevel=4
+            )
+    elif np.max(np.abs(X @ C - rdX)) > 1e-8 * max(1.0, np.max(np.abs(rdX))):
         raise JaxlmmError("type III contrasts: the model's terms do not span their indicator codings")
     L = zapsmall(C.T)
     order = sorted(range(len(part.terms)), key=lambda k: -len(part.terms[k]))  # stable: decreasing order
+    contained_in = containment(design)
     for k in order:
-        term = part.terms[k]
-        containing = [t for t in part.terms if _contains(design, term, t)]
-        if containing:
-            own = columns[term_label(term)]
-            other = [j for t in containing for j in columns[term_label(t)]]
+        other = [j for t in contained_in[k] for j in columns[term_label(part.terms[t])]]
+        own = columns[term_label(part.terms[k])]
+        if other and own:
             coef = np.linalg.lstsq(L[:, other], L[:, own], rcond=None)[0]
             L[:, own] = zapsmall(L[:, own] - L[:, other] @ coef)
     try:
