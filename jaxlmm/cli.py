@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="random-effects covariance per grouping factor, e.g. '{\"Group\": [[0.3]]}'",
     )
     p.add_argument("--sigma", type=float, required=True, help="residual standard deviation")
-    p.add_argument("--test", choices=("lrt", "pb", "satterthwaite"), default="lrt", help="the test (default lrt)")
+    p.add_argument("--test", choices=("lrt", "pb", "satterthwaite", "kr"), default="lrt", help="the test (default lrt)")
     p.add_argument("--nsim", type=at_least(1), default=1000, help="number of simulations (default 1000)")
     p.add_argument("--nboot", type=at_least(1), default=1000, help="bootstrap draws for --test pb (default 1000)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
