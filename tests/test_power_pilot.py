@@ -197,7 +197,7 @@ def test_terms_overrides_and_errors():
     with pytest.raises(jaxlmm.DataError, match="not a coefficient"):
         jaxlmm.power(m, fixef={"condc": 1.0}, nsim=10)
     with pytest.raises(jaxlmm.DataError, match="test must be"):
-        jaxlmm.power(m, test="kr", nsim=10)
+        jaxlmm.power(m, test="wald", nsim=10)  # "kr" is a test now (issue 16)
     with pytest.raises(jaxlmm.DataError, match="fixed factor"):
         jaxlmm.extend(m, along="cond", n=3)
     with pytest.raises(jaxlmm.DataError, match="extend the model first"):
