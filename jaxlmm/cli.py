@@ -1,8 +1,11 @@
 """The ``jaxlmm`` command line: lme4's ``lmer``, ``anova`` and pbkrtest's ``PBmodcomp`` on a CSV or Parquet file.
 
-    jaxlmm fit DATA FORMULA [--reml | --ml] [--json] [--coefs OUT.csv]
+    jaxlmm fit DATA FORMULA [--reml | --ml] [--family binomial|poisson] [--json] [--coefs OUT.csv]
     jaxlmm anova DATA F1 F2 [F3 ...] [--names N1,N2,...] [--reml | --ml] [--nsim N --seed S] [--json]
     jaxlmm pbtest DATA LARGE SMALL [--reml | --ml] [--nsim N --seed S] [--json]
+
+``--family binomial`` or ``--family poisson`` (fit, anova, pbtest) fits lme4's ``glmer`` instead (by
+maximum likelihood, Laplace; ``--weights`` are its prior weights, e.g. binomial trials).
 
 Exit status: 0 on success, 2 for a usage error or bad input (one line on stderr, ``jaxlmm: error: ...``),
 1 for an unexpected internal error (one line; ``--traceback`` shows where).
@@ -22,13 +25,15 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .api import PBTest, anova, lmer, pbtest, power
+from .api import PBTest, anova, glmer, lmer, pbtest, power
 from .errors import DataError, FormulaError, JaxlmmError
+from .glmm import GeneralizedLinearMixedModel
 from .model import LinearMixedModel
 
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip", ".zst")
 EXAMPLES = """examples:
   jaxlmm fit data.csv "y ~ x + (1 + x | Group)" --coefs coefs.csv
+  jaxlmm fit trials.csv "cbind(hits, misses) ~ x + (1 | Group)" --family binomial
   jaxlmm anova data.csv "y ~ x + (1 | Group)" "y ~ x + (1 + x | Group)" --nsim 1000 --seed 1
   jaxlmm pbtest data.parquet "y ~ x + (1 + x | Group)" "y ~ x + (1 | Group)" --nsim 1000
   jaxlmm power design.csv "y ~ x + (1 | Group)" --term x --fixef '{"(Intercept)": 1, "x": 0.5}' \
@@ -71,9 +76,12 @@ def read_data(path: str | Path) -> pd.DataFrame:
 
 
 def fit_models(
-    data: pd.DataFrame, formulas: list[str], reml: bool, weights: str | None = None
-) -> list[LinearMixedModel]:
-    """One ``lmer`` fit per formula (``weights``: the column of prior weights, if any)."""
+    data: pd.DataFrame, formulas: list[str], reml: bool, weights: str | None = None, family: str | None = None
+) -> list[LinearMixedModel] | list[GeneralizedLinearMixedModel]:
+    """One ``lmer`` fit per formula (``weights``: the column of prior weights, if any), or one ``glmer``
+    fit of ``family`` (maximum likelihood: ``reml`` does not apply)."""
+    if family is not None:
+        return [glmer(f, data, family=family, weights=weights) for f in formulas]
     return [lmer(f, data, reml=reml, weights=weights) for f in formulas]
 
 
@@ -123,6 +131,28 @@ def model_json(m: LinearMixedModel) -> dict:
     }
 
 
+def glmm_json(m: GeneralizedLinearMixedModel) -> dict:
+    """A glmer's numbers: what ``summary(g)``, ``tidy``, ``VarCorr``, ``logLik`` report in R."""
+    return {
+        "formula": m.formula,
+        "family": m.family.name,
+        "link": m.family.link,
+        "nobs": m.nobs,
+        "ngroups": m.ngroups,
+        "fixef": m.fixef.to_dict(),
+        "tidy": records(m.tidy()),
+        "varcorr": records(m.varcorr),
+        "theta": m.theta,
+        "loglik": m.loglik,
+        "aic": m.aic,
+        "bic": m.bic,
+        "deviance": m.criterion,
+        "df_resid": m.df_resid,
+        "converged": m.converged,
+        "singular": m.singular,
+    }
+
+
 def pbtest_text(test: PBTest, large: str, small: str) -> str:
     """What pbkrtest's ``PBmodcomp`` prints: the samples used, the two models, the LRT and PBtest rows."""
     extremes = int(np.sum(test.reference >= test.lrt))
@@ -155,11 +185,13 @@ def dump(obj) -> None:
 # ---------------------------------------------------------------- commands
 def cmd_fit(args: argparse.Namespace) -> None:
     """``summary(lmer(formula, data))``, or its numbers as JSON; ``--coefs`` writes the per-group table."""
-    (m,) = fit_models(read_data(args.data), [args.formula], args.reml, args.weights)
+    if args.family is not None and args.coefs:
+        raise DataError("--coefs writes an lmer's per-group table; it does not apply with --family")
+    (m,) = fit_models(read_data(args.data), [args.formula], args.reml, args.weights, args.family)
     if args.coefs:
         write_csv(m.group_coefficients(), args.coefs)
     if args.json:
-        dump(model_json(m))
+        dump(glmm_json(m) if args.family is not None else model_json(m))
     else:
         print(m.summary())
 
@@ -169,7 +201,7 @@ def cmd_anova(args: argparse.Namespace) -> None:
     names = args.names or [f"m{k + 1}" for k in range(len(args.formulas))]
     if len(names) != len(args.formulas):
         raise DataError(f"--names gives {len(names)} name(s) for {len(args.formulas)} models")
-    models = fit_models(read_data(args.data), args.formulas, args.reml, args.weights)
+    models = fit_models(read_data(args.data), args.formulas, args.reml, args.weights, args.family)
     table = anova(*models, names=names, nsim=args.nsim, seed=args.seed, progress=args.progress)
     if args.json:
         dump([{"model": name, **row} for name, row in zip(table.index, records(table))])
@@ -179,7 +211,7 @@ def cmd_anova(args: argparse.Namespace) -> None:
 
 def cmd_pbtest(args: argparse.Namespace) -> None:
     """pbkrtest's ``PBmodcomp(large, small, nsim)``."""
-    large, small = fit_models(read_data(args.data), [args.large, args.small], args.reml, args.weights)
+    large, small = fit_models(read_data(args.data), [args.large, args.small], args.reml, args.weights, args.family)
     test = pbtest(large, small, nsim=args.nsim, seed=args.seed, progress=args.progress)
     if args.json:
         dump(
@@ -259,6 +291,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     crit.add_argument("--ml", dest="reml", action="store_false", help="fit by maximum likelihood")
     p.add_argument("--json", action="store_true", help="print JSON instead of R-style text")
     p.add_argument("--weights", metavar="COLUMN", default=None, help="the column of prior weights (lmer's weights=)")
+    p.add_argument(
+        "--family",
+        choices=("binomial", "poisson"),
+        default=None,
+        help="fit glmer with this family (canonical link; maximum likelihood) instead of lmer",
+    )
 
 
 def _bootstrap_options(p: argparse.ArgumentParser) -> None:
@@ -345,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="random-effects covariance per grouping factor, e.g. '{\"Group\": [[0.3]]}'",
     )
     p.add_argument("--sigma", type=float, required=True, help="residual standard deviation")
-    p.add_argument("--test", choices=("lrt", "pb", "satterthwaite"), default="lrt", help="the test (default lrt)")
+    p.add_argument("--test", choices=("lrt", "pb", "satterthwaite", "kr"), default="lrt", help="the test (default lrt)")
     p.add_argument("--nsim", type=at_least(1), default=1000, help="number of simulations (default 1000)")
     p.add_argument("--nboot", type=at_least(1), default=1000, help="bootstrap draws for --test pb (default 1000)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")

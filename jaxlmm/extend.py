@@ -33,6 +33,7 @@ import pandas as pd
 from .bootstrap import simulate
 from .design import Design, build_design
 from .errors import DataError
+from .glmm_power import GlmmSimulationModel, glmm_pilot, is_glmm, rebuilt
 from .params import Params
 from .shapes import Problem, padded_problem
 
@@ -184,7 +185,15 @@ def extend(
     model, along: str | None = None, within: str | None = None, n: int | None = None, values=None
 ) -> SimulationModel:
     """simr's ``extend(model, along=, within=, n=, values=)``: the model's data extended (rules in the
-    module's docstring), its design rebuilt with the same formula, and the model's parameters kept."""
+    module's docstring), its design rebuilt with the same formula, and the model's parameters kept.  A
+    glmer (or its extension) gives a :class:`~jaxlmm.glmm_power.GlmmSimulationModel`: the glmer design of
+    the extended data with the pilot's (θ, β)."""
+    if is_glmm(model):
+        start, x = glmm_pilot(model)
+        if start.design.data is None:
+            raise DataError("the glmer does not hold its data (fit it with jaxlmm.glmer)")
+        data = extend_frame(start.design.data.loc[start.design.rows], along, within, n, values)
+        return GlmmSimulationModel(rebuilt(start, data), x)
     design, params = pilot_parts(model)
     data = extend_frame(pilot_data(model), along, within, n, values)
     return _with_data(design, params, data)

@@ -153,6 +153,7 @@ def build_glmm_design(formula: Formula, data: pd.DataFrame, family: Family, offs
         n_dropped=n_dropped + int(missing.sum()),
         dropped_fixef=dropped,
         transforms=transforms,
+        data=data,
     )
     return GlmmDesign(design, wt, extra["offset"], family, formula, offsets)
 

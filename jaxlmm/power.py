@@ -10,10 +10,15 @@ responses are simulated once, and every requested fixed-effect term is tested on
 * ``"satterthwaite"`` — lmerTest's F test of the term's coefficients (``contestMD``: the t test for one
   column), from one REML refit per replicate with its Satterthwaite denominator df
   (:func:`~jaxlmm.inference.satterthwaite_f`);
+* ``"kr"`` — pbkrtest's Kenward–Roger F test of the term's coefficients from the same REML refits
+  (:func:`~jaxlmm.kenward_roger.kr_f_lanes`: the adjusted covariance, scaled F and its denominator df);
 * ``"pb"`` — the LRT against a parametric-bootstrap reference distribution, ``nboot`` draws simulated once
   per term from the model with the term's coefficients set to 0, p-values by
   :func:`~jaxlmm.compare.bootstrap_p_value` (every valid draw; LRTs within the tolerance of 0 are exactly 0
   and clearly negative ones are failed replicates, as :func:`~jaxlmm.compare.pbtest`'s).
+
+A glmer pilot (:func:`jaxlmm.glmer`, or its :func:`jaxlmm.extend`) takes the tests ``"lrt"`` and ``"z"``
+(Wald) of :mod:`jaxlmm.glmm_power` instead.
 
 A term is the formula's term (a factor or an interaction is tested as a whole: all its columns are 0), or
 one coefficient by its column name.  For a term contained in a higher-order term (``a`` beside ``a:b``) the
@@ -46,12 +51,22 @@ from .crossprod import CrossProducts, crossproducts, response_products
 from .design import Design, build_design, model_matrix, theta_scale
 from .errors import DataError
 from .extend import first_levels, pilot_data, pilot_parts
+from .glmm_power import (
+    check_glmm_tests,
+    glmm_pilot,
+    glmm_point,
+    glmm_truth,
+    is_glmm,
+    rebuilt,
+    test_glmm_point,
+)
 from .inference import difference_points, satterthwaite_f, varpar_derivatives, varpar_jets_lanes
+from .kenward_roger import kr_f_lanes
 from .model import SINGULAR_TOL
 from .params import Params, theta_from_covariance
 from .shapes import BATCH_FINE_FROM, Problem, pad_crossproducts, pad_response_products, padded_sizes, padded_structure
 
-TESTS = ("lrt", "satterthwaite", "pb")
+TESTS = ("lrt", "satterthwaite", "kr", "pb", "z")
 TABLE_COLUMNS = ["term", "test", "df", "power", "lower", "upper", "successes", "n_valid", "n_failed", "n_singular"]
 
 
@@ -123,6 +138,11 @@ def truth(design: Design, params: Params, fixef: dict | None, covariance: dict |
         raise DataError(f"sigma must be a positive number, not {sigma!r}")
     covariances = {**block_covariances(design, params), **(covariance or {})}
     return Params(beta, theta_from_covariance(design, covariances, new_sigma), new_sigma)
+
+
+def _check_lmm_tests(tests: tuple[str, ...]) -> None:
+    if "z" in tests:
+        raise DataError('test "z" (Wald z) is for glmer fits; for lmer use "satterthwaite", "kr", "lrt" or "pb"')
 
 
 def _check_settings(tests, nsim, alpha, nboot) -> tuple[str, ...]:
@@ -389,16 +409,35 @@ def test_point(
                 reference, failed = lrt_statistic(ref_small.criterion, ref_full.criterion)
                 good = ref_full.converged & ref_small.converged & ~failed
                 out[(name, "pb")] = (bootstrap_p_value(reference[good], lrt), ok, singular)
-    if "satterthwaite" in tests:
+    if "satterthwaite" in tests or "kr" in tests:
         fits = fit_products(point.full, theta, products, reml=True, progress=progress, lanes=point.full).gathered()
-        (V, dV, A), finite = varpar_lanes(point.full, fits, products, point.params)
         singular = singular_fits(fits, d)
+    if "satterthwaite" in tests:
+        (V, dV, A), finite = varpar_lanes(point.full, fits, products, point.params)
         for name, columns in point.terms.items():
             F, ddf = satterthwaite_f(V, dV, A, fits.beta, np.eye(d.p)[columns])
             with np.errstate(invalid="ignore"):
                 p = scipy.special.fdtrc(len(columns), ddf, F)
             out[(name, "satterthwaite")] = (p, fits.converged & finite & np.isfinite(p), singular)
+    if "kr" in tests:
+        for name, columns in point.terms.items():
+            F, ddf = kr_lanes(d, fits, point.params, np.eye(d.p)[columns])
+            with np.errstate(invalid="ignore"):
+                p = scipy.special.fdtrc(len(columns), ddf, F)
+            out[(name, "kr")] = (p, fits.converged & np.isfinite(p), singular)
     return out
+
+
+def kr_lanes(design: Design, fits: BatchFit, fallback: Params, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pbkrtest's Kenward–Roger F (scaled) and denominator df of ``Lβ = 0`` for every REML refit
+    (:func:`~jaxlmm.kenward_roger.kr_f_lanes`); failed refits are evaluated at ``fallback`` and come back NaN."""
+    good = np.all(np.isfinite(fits.theta), axis=1) & np.isfinite(fits.sigma) & (fits.sigma > 0)
+    good &= np.all(np.isfinite(fits.beta), axis=1)
+    theta = np.where(good[:, None], fits.theta, fallback.theta)
+    sigma = np.where(good, fits.sigma, fallback.sigma)
+    beta = np.where(good[:, None], fits.beta, fallback.beta)
+    F, ddf, _ = kr_f_lanes(theta, sigma, beta, design, L)
+    return np.where(good, F, np.nan), np.where(good, ddf, np.nan)
 
 
 def result_table(
@@ -471,6 +510,17 @@ def power(
     ``fixef``, ``covariance``, ``sigma`` all given.  Returns a :class:`PowerResult`.
     """
     tests = _check_settings(test, nsim, alpha, nboot)
+    if is_glmm(model):
+        if data is not None:
+            raise DataError("data= goes with a formula; a model simulates on its own data (see jaxlmm.extend)")
+        start, x = glmm_pilot(model)
+        check_glmm_tests(tests)
+        x = glmm_truth(start, x, fixef, covariance, sigma)
+        terms = resolve_terms(start.design, term)
+        point = glmm_point(start, x, terms, tests)
+        outcomes = test_glmm_point(point, start.simulate(nsim, seed, x), tests)
+        return result_table(outcomes, terms, tests, nsim, alpha, level)
+    _check_lmm_tests(tests)
     if isinstance(model, str):
         if not isinstance(data, pd.DataFrame):
             raise DataError("a formula needs its design as data= (a DataFrame)")
@@ -541,6 +591,10 @@ def power_curve(
     if make_data is not None or n_groups is not None:
         raise DataError("make_data and n_groups go with a formula; a model's curve takes along= or coefficient=")
     tests = _check_settings(test, nsim, alpha, nboot)
+    if is_glmm(model):
+        return _glmm_curve(model, along, breaks, coefficient, values, fixef, covariance, sigma, term, tests, nsim,
+                           alpha, seed, progress, level)  # fmt: skip
+    _check_lmm_tests(tests)
     design, params = pilot_parts(model)
     params = truth(design, params, fixef, covariance, sigma)
     if (along is None) == (coefficient is None):
@@ -587,6 +641,58 @@ def power_curve(
         res = result_table(test_point(point, products, tests, nboot, seed, False), terms, tests, nsim, alpha, level)
         results.append(res)
         frames.append(res.table.assign(**{by: x, "nobs": d.n}))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    table = pd.concat(frames, ignore_index=True)
+    return PowerCurve(table[[by, "nobs", *TABLE_COLUMNS]], by, results)
+
+
+def _glmm_curve(model, along, breaks, coefficient, values, fixef, covariance, sigma, term, tests, nsim, alpha, seed,
+                progress, level) -> PowerCurve:  # fmt: skip
+    """:func:`power_curve` of a glmer pilot (or its extension): the same sizes or coefficient values, the
+    tests of :mod:`jaxlmm.glmm_power`."""
+    start, x = glmm_pilot(model)
+    check_glmm_tests(tests)
+    x = glmm_truth(start, x, fixef, covariance, sigma)
+    design, n_theta = start.design, start.structure.n_theta
+    if (along is None) == (coefficient is None):
+        raise DataError("give along= (sizes, with breaks=) or coefficient= (with values=)")
+    if coefficient is not None:
+        if coefficient not in design.fixef_names:
+            raise DataError(f"{coefficient!r} is not a coefficient of the model ({', '.join(design.fixef_names)})")
+        if values is None or len(values) == 0:
+            raise DataError("coefficient= needs the values= to try")
+        j = n_theta + design.fixef_names.index(coefficient)
+        terms = resolve_terms(design, coefficient if term is None else term)
+        point = glmm_point(start, x, terms, tests)
+        settings = []
+        for v in values:
+            xv = x.copy()
+            xv[j] = float(v)
+            settings.append((float(v), replace(point, x=xv), None))
+        by = coefficient
+    else:
+        data = design.data
+        data = (data.loc[design.rows] if design.n_dropped else data).reset_index(drop=True)  # the design's rows
+        count = len(pd.unique(data[along].dropna())) if along in data.columns else 0
+        breaks = default_breaks(count) if breaks is None else list(breaks)
+        subsets = [first_levels(data, along, int(k)) for k in breaks]
+        terms = resolve_terms(design, term)
+        settings = []
+        for k, rows in zip(breaks, subsets):
+            sub = start if rows.size == design.n else rebuilt(start, data.iloc[rows])
+            settings.append((int(k), glmm_point(sub, x, terms, tests), rows))
+        by = along
+        Y_all = start.simulate(nsim, seed, x)
+    bar = _progress(progress, len(settings), "power curve")
+    frames, results = [], []
+    for value, point, rows in settings:
+        Y = start.simulate(nsim, seed, point.x) if rows is None else Y_all[rows]
+        res = result_table(test_glmm_point(point, Y, tests), terms, tests, nsim, alpha, level)
+        results.append(res)
+        frames.append(res.table.assign(**{by: value, "nobs": point.full.nobs}))
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -230,3 +230,37 @@ def test_power_command(capsys, tmp_path):
     assert result["power"] == pytest.approx(direct["power"])
     status, out, err = run(capsys, "power", path, "y ~ x + (1 | Group)", *spec[:3], "{bad json", *spec[4:])
     assert status == 2 and "--fixef is not valid JSON" in err
+
+
+GLMM_PILOT = FIXTURES / "glmm_power" / "pilot.csv"
+GLMM_FORMULA = "acc ~ cond + (1 | subj) + (1 | item)"
+
+
+def test_family_fits_glmer_and_prints_lme4s_summary(capsys):
+    status, out, err = run(capsys, "fit", GLMM_PILOT, GLMM_FORMULA, "--family", "binomial")
+    assert status == 0 and err == ""
+    m = jaxlmm.glmer(GLMM_FORMULA, pd.read_csv(GLMM_PILOT), family="binomial")
+    assert out.strip() == m.summary().strip()
+    assert out.startswith("Generalized linear mixed model fit by maximum likelihood (Laplace Approximation)")
+    status, out, _ = run(capsys, "fit", GLMM_PILOT, "n ~ cond + (1 | subj)", "--family", "poisson", "--json")
+    got = json.loads(out)
+    assert status == 0 and got["family"] == "poisson" and got["nobs"] == 144
+    p = jaxlmm.glmer("n ~ cond + (1 | subj)", pd.read_csv(GLMM_PILOT), family="poisson")
+    assert got["fixef"] == pytest.approx(p.fixef.to_dict(), rel=1e-8)
+    assert got["loglik"] == pytest.approx(p.loglik, rel=1e-10)
+
+
+def test_family_anova_compares_glmers_and_refuses_coefs(capsys, tmp_path):
+    status, out, err = run(
+        capsys, "anova", GLMM_PILOT, "n ~ 1 + (1 | subj)", "n ~ cond + (1 | subj)", "--family", "poisson", "--json"
+    )
+    assert status == 0, err
+    rows = json.loads(out)
+    small = jaxlmm.glmer("n ~ 1 + (1 | subj)", pd.read_csv(GLMM_PILOT), family="poisson")
+    large = jaxlmm.glmer("n ~ cond + (1 | subj)", pd.read_csv(GLMM_PILOT), family="poisson")
+    assert rows[1]["Chisq"] == pytest.approx(small.criterion - large.criterion, rel=1e-6)
+    status, _, err = run(capsys, "fit", GLMM_PILOT, GLMM_FORMULA, "--family", "binomial", "--coefs", tmp_path / "c.csv")
+    assert status == 2 and "--coefs" in err
+    with pytest.raises(SystemExit) as exc:  # argparse: usage error
+        run(capsys, "fit", GLMM_PILOT, GLMM_FORMULA, "--family", "gamma")
+    assert exc.value.code == 2

@@ -197,7 +197,7 @@ def test_terms_overrides_and_errors():
     with pytest.raises(jaxlmm.DataError, match="not a coefficient"):
         jaxlmm.power(m, fixef={"condc": 1.0}, nsim=10)
     with pytest.raises(jaxlmm.DataError, match="test must be"):
-        jaxlmm.power(m, test="kr", nsim=10)
+        jaxlmm.power(m, test="wald", nsim=10)  # "kr" is a test now (issue 16)
     with pytest.raises(jaxlmm.DataError, match="fixed factor"):
         jaxlmm.extend(m, along="cond", n=3)
     with pytest.raises(jaxlmm.DataError, match="extend the model first"):
@@ -217,3 +217,27 @@ def test_plots():
     fig = size_curve(400).plot()
     assert len(fig.axes[0].get_lines()) >= 2
     plt.close("all")
+
+
+@pytest.mark.slow  # 24 s on a loaded 2-core machine: 6 REML fits, 6 krtests, the KR lanes' compile
+def test_kenward_roger_power_lanes_are_krtests_on_each_simulated_response():
+    """test="kr": per simulated response, the batched Kenward-Roger p-values are jaxlmm.krtest's (validated
+    against pbkrtest's KRmodcomp) on REML refits of the full and reduced models to that response."""
+    from jaxlmm.bootstrap import simulate_blocks
+
+    m = pilot()
+    d = m.design
+    terms = P.resolve_terms(d, None)
+    (point,) = P.make_points([(d, m.params)], terms)
+    Y = np.concatenate(list(simulate_blocks(d, m.params._replace(beta=np.array(list(CHANGED.values()))), 3, 5)), axis=1)
+    products = dict(zip(("A1y", "A2y", "AXy", "yy"), response_products(Y, d.X, d.codes, d.Z, d.structure)))
+    out = P.test_point(point, products, ("kr",), 1, None, False)
+    reduced = {"cond": "y ~ freq + (1 | subj) + (1 | item)", "freq": "y ~ cond + (1 | subj) + (1 | item)"}
+    for k in range(Y.shape[1]):
+        data = d.data.assign(y=Y[:, k])
+        large = jaxlmm.lmer(FORMULA, data)
+        for name, small_formula in reduced.items():
+            kr = jaxlmm.krtest(large, jaxlmm.lmer(small_formula, data))
+            p, ok, _ = out[(name, "kr")]
+            assert ok[k]
+            assert p[k] == pytest.approx(kr.p_value, rel=1e-4, abs=1e-8), (name, k)
