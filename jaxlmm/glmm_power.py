@@ -185,8 +185,9 @@ def glmm_point(model: GeneralizedLinearMixedModel, x: np.ndarray, terms: dict[st
 @partial(jax.jit, static_argnames=("structure", "family", "nagq"))
 def _lane_hessians(x, y, steps, data, structure, family, nagq):
     """Per lane (x, response), the criterion's Hessian by central differences of its exact gradient with
-    steps ``steps`` (:func:`jaxlmm.optimize.difference_hessian`), symmetrised; 16 lanes at a time (one
-    vmap over all lanes of a crossed design hung in XLA's CPU runtime after the LRT refits)."""
+    steps ``steps`` (:func:`jaxlmm.optimize.difference_hessian`), symmetrised; 16 lanes at a time, and on
+    the CPU one lane at a time where crossed factors put LAPACK's Cholesky in every lane (vmapped lanes of
+    its derivatives hung in XLA's CPU runtime, as in :func:`jaxlmm.inference.varpar_jets_lanes`)."""
 
     def one(xk, yk):
         lane = data._replace(y=yk)
@@ -195,7 +196,8 @@ def _lane_hessians(x, y, steps, data, structure, family, nagq):
         columns = jax.vmap(lambda e: grad(xk + e) - grad(xk - e))(E) / (2.0 * steps)[:, None]
         return 0.5 * (columns + columns.T)
 
-    return jax.lax.map(lambda lane: one(*lane), (x, y), batch_size=16)
+    dense = len(structure.blocks) > 1 and jax.default_backend() == "cpu"
+    return jax.lax.map(lambda lane: one(*lane), (x, y), batch_size=1 if dense else 16)
 
 
 def lane_hessians(model: GeneralizedLinearMixedModel, x: np.ndarray, Y: np.ndarray) -> np.ndarray:
