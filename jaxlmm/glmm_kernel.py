@@ -45,10 +45,13 @@ def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([a, np.zeros((rows - a.shape[0],) + a.shape[1:], dtype=a.dtype)])
 
 
-def glmm_problem(gd: GlmmDesign, fine_from: int = FINE_FROM) -> GlmmProblem:
-    """The design's :class:`GlmmProblem`: rows and levels padded exactly to their buckets."""
+def glmm_problem(
+    gd: GlmmDesign, fine_from: int = FINE_FROM, rows: int | None = None, structure: Structure | None = None
+) -> GlmmProblem:
+    """The design's :class:`GlmmProblem`: rows and levels padded exactly to their buckets, or to ``rows``
+    rows and ``structure``'s levels (at least the design's)."""
     d = gd.design
-    rows = bucket(d.n, MIN_ROWS, fine_from)
+    rows = rows or bucket(d.n, MIN_ROWS, fine_from)
     data = GlmmData(
         jnp.asarray(pad_rows(d.y, rows)),
         jnp.asarray(pad_rows(gd.wt, rows)),
@@ -57,7 +60,7 @@ def glmm_problem(gd: GlmmDesign, fine_from: int = FINE_FROM) -> GlmmProblem:
         tuple(jnp.asarray(pad_rows(z, rows)) for z in d.Z),
         tuple(jnp.asarray(pad_rows(c, rows)) for c in d.codes),
     )
-    return GlmmProblem(data, padded_structure(d.structure, fine_from), d.n)
+    return GlmmProblem(data, structure or padded_structure(d.structure, fine_from), d.n)
 
 
 def real_u(u: np.ndarray, structure: Structure, padded: Structure) -> np.ndarray:

@@ -67,3 +67,19 @@ def test_a_fit_of_another_size_in_the_same_bucket_compiles_nothing():
     assert m1.problem.structure == m2.problem.structure and m1.problem.data.y.shape == m2.problem.data.y.shape
     assert compiles[0] == 0
     assert m2.converged and m2.u.shape == (23,) and m2.fitted().shape == (len(second),)
+
+
+def test_fit_batch_of_glmm_datasets_equals_single_fits():
+    datasets = [small_data(17 + 4 * k, seed=10 + k, poisson=True) for k in range(4)]  # 32 levels each
+    fit = jaxlmm.fit_batch("y ~ x + (1 | g)", datasets=datasets, family="poisson")
+    assert fit.n_failed == 0 and list(fit.labels) == list(range(4))
+    for k, data in enumerate(datasets):
+        m = jaxlmm.glmer("y ~ x + (1 | g)", data, family="poisson")
+        assert fit.criterion[k] == pytest.approx(m.criterion, rel=1e-6)
+        np.testing.assert_allclose(fit.beta[k], m.beta, atol=1e-4)
+        np.testing.assert_allclose(fit.theta[k], m.theta, atol=1e-4)
+        assert fit.n_obs[k] == len(data) and fit.n_levels[k] == data.g.nunique()
+    long = pd.concat([d.assign(replicate=f"r{k}") for k, d in enumerate(datasets)][::-1], ignore_index=True)
+    by = jaxlmm.fit_batch("y ~ x + (1 | g)", long, by="replicate", family="poisson")
+    assert list(by.labels) == [f"r{k}" for k in range(4)][::-1]
+    np.testing.assert_allclose(by.criterion[::-1], fit.criterion, rtol=1e-8)
