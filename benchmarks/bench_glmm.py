@@ -14,6 +14,10 @@
   (first fit, the whole loop, and the number of XLA executables compiled in it; bucketed shapes make
   that number grow with the log of the sizes).
 
+* ``--datasets B`` (runs this alone): ``fit_batch(formula, datasets=[...], family="binomial")`` over B
+  data sets ``y ~ x + (1 | g)`` of 20 to 60 groups (one call after a warm-up call of the same shapes),
+  fits per second, against a loop of 20 lme4 glmer fits of the first of them (timed, scaled).
+
 jaxlmm splits the lanes over one XLA CPU device per core (``--xla_force_host_platform_device_count``,
 set below before JAX starts), or over ``--devices`` of them.  R (lme4) and mixedlm are skipped with a
 note when not installed.  Compiled kernels go to a fresh persistent cache (``JAXLMM_CACHE_DIR``), so
@@ -142,6 +146,38 @@ def run_sizes(args) -> dict:
     }
 
 
+R_DATASETS = r"""
+suppressMessages({library(lme4)})
+args <- commandArgs(TRUE); files <- args[-1]
+t0 <- proc.time()[["elapsed"]]
+for (f in files) { d <- read.csv(f); d$g <- factor(d$g); glmer(y ~ x + (1 | g), d, family = binomial) }
+cat((proc.time()[["elapsed"]] - t0) / length(files), "\n")
+"""
+
+
+def run_datasets(args) -> dict:
+    """``fit_batch`` over ``args.datasets`` binomial data sets of varied sizes, and lme4 on 20 of them."""
+    rng = np.random.default_rng(7)
+    datasets = [sizes_data(int(rng.integers(20, 61)), 1000 + k) for k in range(args.datasets)]
+    warm = [sizes_data(int(rng.integers(20, 61)), 5000 + k) for k in range(args.datasets)]
+    jaxlmm.fit_batch("y ~ x + (1 | g)", datasets=warm, family="binomial")  # compiles the lane kernels
+    t0 = time.perf_counter()
+    fit = jaxlmm.fit_batch("y ~ x + (1 | g)", datasets=datasets, family="binomial")
+    out = {"rate": args.datasets / (time.perf_counter() - t0), "failed": fit.n_failed, "lme4": None}
+    if shutil.which("Rscript"):
+        with tempfile.TemporaryDirectory() as tmp:
+            files = []
+            for k, d in enumerate(datasets[:20]):
+                files.append(str(Path(tmp) / f"d{k}.csv"))
+                d.to_csv(files[-1], index=False)
+            script = Path(tmp) / "fits.R"
+            script.write_text(R_DATASETS)
+            res = subprocess.run(["Rscript", str(script), "x", *files], capture_output=True, text=True, check=False)
+            if res.returncode == 0:
+                out["lme4"] = 1.0 / float(res.stdout.split()[-1])
+    return out
+
+
 def run_lme4(args) -> dict | None:
     if shutil.which("Rscript") is None:
         return None
@@ -195,6 +231,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--devices", type=int, default=os.cpu_count() or 1, help="XLA CPU devices")
     parser.add_argument("--sizes", type=int, default=0, help="the loop of fits of different sizes (0: skip)")
+    parser.add_argument("--datasets", type=int, default=0, help="fit_batch over this many data sets (0: skip)")
     args = parser.parse_args()
     import jax
 
@@ -204,6 +241,15 @@ def main() -> None:
         print(
             f"| loop of {args.sizes} glmer fits, different group counts | first {r['first']:.2f} s, loop "
             f"{r['loop']:.1f} s, median {r['median'] * 1e3:.0f} ms | {r['compiles']} executables compiled |"
+        )
+        return
+    if args.datasets:
+        r = run_datasets(args)
+        lme4 = f"{r['lme4']:.1f} fits/s" if r["lme4"] else "not installed"
+        ratio = f"{r['rate'] / r['lme4']:.0f}×" if r["lme4"] else "—"
+        print(
+            f"| fit_batch of {args.datasets} binomial data sets (20-60 groups) | {r['rate']:.0f} fits/s "
+            f"({r['failed']} failed) | lme4 glmer loop {lme4} | {ratio} |"
         )
         return
     results = {"jaxlmm": run_jaxlmm(args), "lme4": run_lme4(args), "mixedlm": run_mixedlm(args)}
