@@ -30,6 +30,7 @@ from .glmm_design import GlmmDesign, build_glmm_design
 from .glmm_kernel import MIN_ROWS, GlmmProblem, column_signs, glm_start, glmm_problem, x_scale
 from .laplace import criterion_constant, varying_criterion
 from .optimize import BatchControl, BFGSState, Control, bfgs_steps, positive_inverse
+from .pirls import MAX_DENSE
 from .shapes import bucket, padded_structure
 
 
@@ -168,6 +169,8 @@ def fit_glmm_frames(
             raise DataError(
                 f"{names[k]} has {d.structure.n_theta} random-effects parameters, {names[0]} has {d0.structure.n_theta}"
             )
+        if sum(b.n_levels * b.q for b in d.structure.blocks[1:]) > MAX_DENSE:
+            raise DataError(f"{names[k]}: the random-effects blocks after the first exceed {MAX_DENSE} columns")
         if nagq > 1 and (len(d.structure.blocks) != 1 or d.structure.blocks[0].q != 1):
             raise DataError("nagq > 1 needs a single scalar random-effects term")
     problems = _merged_problems(gds)
@@ -214,6 +217,8 @@ def fit_glmm_by(parsed: Formula, data: pd.DataFrame, by: str, family: Family, **
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
     if by not in data.columns:
         raise DataError(f"unknown column {by!r} given as by= (columns are: {', '.join(map(str, data.columns))})")
+    if data.shape[0] == 0:
+        raise DataError("the data have no rows")
     ids, labels = _dataset_ids(data[by])
     if (ids < 0).any():
         raise DataError(f"the column {by!r} given as by= is missing (NaN/None) in {int((ids < 0).sum())} rows")
