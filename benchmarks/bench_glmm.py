@@ -1,6 +1,6 @@
 """jaxlmm's glmer against lme4's glmer/bootMer and mixedlm's glmer/bootMer, in one run.
 
-    python benchmarks/bench_glmm.py [--nsim 4096] [--repeats 11]
+    python benchmarks/bench_glmm.py [--nsim 4096] [--repeats 11] [--devices 1] [--sizes 40]
 
 * single fits (warm: the median of ``--repeats`` fits after a first, compiling one) of the cbpp binomial
   model ``cbind(incidence, size - incidence) ~ period + (1 | herd)`` and of the crossed subjects × items
@@ -10,8 +10,18 @@
   of the same chunk width; failed replicates counted), lme4's ``bootMer`` (100 replicates) and mixedlm's
   ``bootMer`` (50), as refits per second.
 
+* ``--sizes K`` (runs this alone): a loop of K binomial fits ``y ~ x + (1 | g)`` to data sets of K different group counts
+  (first fit, the whole loop, and the number of XLA executables compiled in it; bucketed shapes make
+  that number grow with the log of the sizes).
+
+* ``--datasets B`` (runs this alone): ``fit_batch(formula, datasets=[...], family="binomial")`` over B
+  data sets ``y ~ x + (1 | g)`` of 20 to 60 groups (one call after a warm-up call of the same shapes),
+  fits per second, against a loop of 20 lme4 glmer fits of the first of them (timed, scaled).
+
 jaxlmm splits the lanes over one XLA CPU device per core (``--xla_force_host_platform_device_count``,
-set below before JAX starts).  R (lme4) and mixedlm are skipped with a note when not installed.
+set below before JAX starts), or over ``--devices`` of them.  R (lme4) and mixedlm are skipped with a
+note when not installed.  Compiled kernels go to a fresh persistent cache (``JAXLMM_CACHE_DIR``), so
+first fits compile.
 """
 
 from __future__ import annotations
@@ -22,11 +32,14 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
+_devices = sys.argv[sys.argv.index("--devices") + 1] if "--devices" in sys.argv else os.cpu_count() or 1
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={_devices}")
+os.environ.setdefault("JAXLMM_CACHE_DIR", tempfile.mkdtemp(prefix="bench_glmm_xla_"))
 
 import numpy as np
 import pandas as pd
@@ -97,6 +110,74 @@ def run_jaxlmm(args) -> dict:
     return out
 
 
+def sizes_data(n_groups: int, seed: int) -> pd.DataFrame:
+    """A binomial data set ``y ~ x + (1 | g)`` with ``n_groups`` groups of 3 to 8 rows (θ = 0.8)."""
+    rng = np.random.default_rng(seed)
+    per = rng.integers(3, 9, n_groups)
+    g = np.repeat(np.arange(n_groups), per)
+    x = rng.standard_normal(g.size)
+    eta = -0.3 + 0.7 * x + 0.8 * rng.standard_normal(n_groups)[g]
+    y = (rng.random(g.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(g.astype(str))})
+
+
+def run_sizes(args) -> dict:
+    """A loop of ``args.sizes`` glmer fits of all-different group counts (12, 19, 26, ...)."""
+    from jax import monitoring
+
+    compiles = [0]
+
+    def count(event: str, duration: float, **kwargs) -> None:
+        compiles[0] += event == "/jax/core/compile/backend_compile_duration"
+
+    monitoring.register_event_duration_secs_listener(count)
+    datasets = [sizes_data(12 + 7 * k, k) for k in range(args.sizes)]
+    times, criteria = [], []
+    for data in datasets:
+        t0 = time.perf_counter()
+        criteria.append(jaxlmm.glmer("y ~ x + (1 | g)", data, family="binomial").criterion)
+        times.append(time.perf_counter() - t0)
+    return {
+        "first": times[0],
+        "loop": sum(times),
+        "median": statistics.median(times),
+        "compiles": compiles[0],
+        "criteria": criteria,
+    }
+
+
+R_DATASETS = r"""
+suppressMessages({library(lme4)})
+args <- commandArgs(TRUE); files <- args[-1]
+t0 <- proc.time()[["elapsed"]]
+for (f in files) { d <- read.csv(f); d$g <- factor(d$g); glmer(y ~ x + (1 | g), d, family = binomial) }
+cat((proc.time()[["elapsed"]] - t0) / length(files), "\n")
+"""
+
+
+def run_datasets(args) -> dict:
+    """``fit_batch`` over ``args.datasets`` binomial data sets of varied sizes, and lme4 on 20 of them."""
+    rng = np.random.default_rng(7)
+    datasets = [sizes_data(int(rng.integers(20, 61)), 1000 + k) for k in range(args.datasets)]
+    warm = [sizes_data(int(rng.integers(20, 61)), 5000 + k) for k in range(args.datasets)]
+    jaxlmm.fit_batch("y ~ x + (1 | g)", datasets=warm, family="binomial")  # compiles the lane kernels
+    t0 = time.perf_counter()
+    fit = jaxlmm.fit_batch("y ~ x + (1 | g)", datasets=datasets, family="binomial")
+    out = {"rate": args.datasets / (time.perf_counter() - t0), "failed": fit.n_failed, "lme4": None}
+    if shutil.which("Rscript"):
+        with tempfile.TemporaryDirectory() as tmp:
+            files = []
+            for k, d in enumerate(datasets[:20]):
+                files.append(str(Path(tmp) / f"d{k}.csv"))
+                d.to_csv(files[-1], index=False)
+            script = Path(tmp) / "fits.R"
+            script.write_text(R_DATASETS)
+            res = subprocess.run(["Rscript", str(script), "x", *files], capture_output=True, text=True, check=False)
+            if res.returncode == 0:
+                out["lme4"] = 1.0 / float(res.stdout.split()[-1])
+    return out
+
+
 def run_lme4(args) -> dict | None:
     if shutil.which("Rscript") is None:
         return None
@@ -148,10 +229,29 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nsim", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--devices", type=int, default=os.cpu_count() or 1, help="XLA CPU devices")
+    parser.add_argument("--sizes", type=int, default=0, help="the loop of fits of different sizes (0: skip)")
+    parser.add_argument("--datasets", type=int, default=0, help="fit_batch over this many data sets (0: skip)")
     args = parser.parse_args()
     import jax
 
     print(f"jaxlmm on {jax.local_device_count()} XLA CPU device(s); {os.cpu_count()} cores")
+    if args.sizes:
+        r = run_sizes(args)
+        print(
+            f"| loop of {args.sizes} glmer fits, different group counts | first {r['first']:.2f} s, loop "
+            f"{r['loop']:.1f} s, median {r['median'] * 1e3:.0f} ms | {r['compiles']} executables compiled |"
+        )
+        return
+    if args.datasets:
+        r = run_datasets(args)
+        lme4 = f"{r['lme4']:.1f} fits/s" if r["lme4"] else "not installed"
+        ratio = f"{r['rate'] / r['lme4']:.0f}×" if r["lme4"] else "—"
+        print(
+            f"| fit_batch of {args.datasets} binomial data sets (20-60 groups) | {r['rate']:.0f} fits/s "
+            f"({r['failed']} failed) | lme4 glmer loop {lme4} | {ratio} |"
+        )
+        return
     results = {"jaxlmm": run_jaxlmm(args), "lme4": run_lme4(args), "mixedlm": run_mixedlm(args)}
     lme4 = results["lme4"]
     print("| task | jaxlmm | lme4 | mixedlm | lme4 / jaxlmm |")

@@ -19,6 +19,7 @@ from .family import make_family
 from .formula import parse_formula
 from .glmm import GeneralizedLinearMixedModel, fit_glmm
 from .glmm_batch import GlmmBatchFit, GlmmPower, power_lrt
+from .glmm_datasets import fit_glmm_by, fit_glmm_datasets
 from .glmm_design import build_glmm_design
 from .model import LinearMixedModel, fit_design
 from .optimize import Control
@@ -181,11 +182,25 @@ def fit_batch(
 
     With ``family=`` ("binomial" or "poisson"; ``nagq``, ``weights``, ``offset`` as :func:`glmer`'s) the
     fits are glmer fits to each column of ``responses`` (proportions of the trials for a binomial
-    model), returned as a :class:`~jaxlmm.glmm_batch.GlmmBatchFit`; data-set batches are LMM-only.
+    model), returned as a :class:`~jaxlmm.glmm_batch.GlmmBatchFit`, or glmer fits to each data set
+    (``datasets=`` or ``by=``; :mod:`jaxlmm.glmm_datasets`), returned as a :class:`~jaxlmm.buckets.DatasetFit`
+    (``criterion`` −2 logLik, ``sigma`` 1).
     """
     if family is not None:
+        if responses is None and (datasets is not None or by is not None):
+            _check_column_argument(weights, offset)
+            fam, kwargs = (
+                make_family(family),
+                {"nagq": int(nagq), "chunk_size": chunk_size, "weights": weights, "offset": offset},
+            )
+            if datasets is not None and data is None and by is None:
+                return fit_glmm_datasets(parse_formula(formula), datasets, fam, **kwargs)
+            if by is not None and data is not None and datasets is None:
+                return fit_glmm_by(parse_formula(formula), data, by, fam, **kwargs)
         if responses is None or data is None or datasets is not None or by is not None:
-            raise DataError("fit_batch with family= refits a glmer to responses=Y sharing data=...")
+            raise DataError(
+                "fit_batch with family= takes responses=Y sharing data=..., datasets=[...], or data with by="
+            )
         model = glmer(formula, data, family=family, nagq=nagq, weights=weights, offset=offset)
         return model.refit(responses, chunk_size)
     if by is not None:

@@ -28,8 +28,15 @@ from .errors import JaxlmmError
 from .family import Family
 from .glmm_batch import GlmmBatchFit, bootstrap, confint_boot, refit_responses
 from .glmm_design import GlmmDesign, new_offset
-from .glmm_kernel import bfgs_search, glm_start, glmm_data, value_and_gradient, x_scale
-from .laplace import deviance_residual_sum, mode_at
+from .glmm_kernel import (
+    bfgs_search,
+    deviance_and_mode,
+    glm_start,
+    glmm_problem,
+    real_u,
+    value_and_gradient,
+    x_scale,
+)
 from .model import ConvergenceWarning
 from .optimize import Control, OptSummary, difference_hessian, minimize_theta, positive_inverse
 from .params import TermCovariance, ran_pars, term_covariances
@@ -49,12 +56,13 @@ def fit_glmm(gd: GlmmDesign, nagq: int = 1, control: Control | None = None) -> G
             f"the random-effects blocks after the first have {dense} columns; glmer's PIRLS holds them dense "
             f"and accepts at most {MAX_DENSE}"
         )
-    data = glmm_data(gd)
+    problem = glmm_problem(gd)
+    data, kernel_structure = problem.data, problem.structure
     scale = x_scale(gd)
     lower = np.concatenate([structure.lower, np.full(d.p, -np.inf)])
 
     def vg(x):
-        f, g = value_and_gradient(jnp.asarray(x), data, structure, family, nagq)
+        f, g = value_and_gradient(jnp.asarray(x), data, kernel_structure, family, nagq)
         return float(f), np.asarray(g)
 
     x0 = np.concatenate([theta_start(structure), glm_start(gd)])
@@ -62,7 +70,15 @@ def fit_glmm(gd: GlmmDesign, nagq: int = 1, control: Control | None = None) -> G
 
     def search(x, budget, rescale):
         s = bfgs_search(
-            jnp.asarray(x), inv_hessian, jnp.asarray(scale), budget, control.search_gtol, data, structure, family, nagq
+            jnp.asarray(x),
+            inv_hessian,
+            jnp.asarray(scale),
+            budget,
+            control.search_gtol,
+            data,
+            kernel_structure,
+            family,
+            nagq,
         )
         g = np.asarray(s.g)
         return np.asarray(s.theta), float(s.f), g, int(s.steps), float(0.5 * g @ np.asarray(s.inv_hessian) @ g)
@@ -70,7 +86,7 @@ def fit_glmm(gd: GlmmDesign, nagq: int = 1, control: Control | None = None) -> G
     opt = minimize_theta(vg, search, x0, lower, scale, control)
     if not opt.converged:
         warnings.warn(f"Model failed to converge: {opt.message}", ConvergenceWarning, stacklevel=3)
-    return GeneralizedLinearMixedModel(gd, nagq, opt, control)
+    return GeneralizedLinearMixedModel(gd, nagq, opt, control, problem)
 
 
 class GeneralizedLinearMixedModel:
@@ -79,13 +95,14 @@ class GeneralizedLinearMixedModel:
     reml = False  # fitted by maximum likelihood (what anova reads)
     data_name = "data"  # lme4's name of the data in anova's and summary's headings (glmer's data_name=)
 
-    def __init__(self, gdesign: GlmmDesign, nagq: int, opt: OptSummary, control: Control):
+    def __init__(self, gdesign: GlmmDesign, nagq: int, opt: OptSummary, control: Control, problem=None):
         self.gdesign = gdesign
         self.nagq = nagq
         self.opt = opt
         self.control = control
         self.x = np.asarray(opt.theta, dtype=float)
-        self._data = glmm_data(gdesign)
+        self.problem = problem or glmm_problem(gdesign)  # the padded arrays the compiled kernels see
+        self._data = self.problem.data
 
     # ----------------------------------------------------------- basic accessors
     @property
@@ -149,7 +166,9 @@ class GeneralizedLinearMixedModel:
     def criterion(self) -> float:
         """lme4's ``-2 logLik`` (``devcomp$cmp["dev"]``): Laplace with the family's saturated constants
         for ``nagq == 1``, AGQ on the deviance-residual scale for ``nagq > 1`` (as lme4)."""
-        return float(value_and_gradient(jnp.asarray(self.x), self._data, self.structure, self.family, self.nagq)[0])
+        return float(
+            value_and_gradient(jnp.asarray(self.x), self._data, self.problem.structure, self.family, self.nagq)[0]
+        )
 
     @property
     def loglik(self) -> float:
@@ -167,7 +186,7 @@ class GeneralizedLinearMixedModel:
     def deviance(self) -> float:
         """lme4's ``deviance(g)``: the sum of squared deviance residuals at the conditional modes (not
         ``-2 logLik``, which ``summary``'s "deviance" column shows)."""
-        return float(deviance_residual_sum(jnp.asarray(self.x), self._data, self.structure, self.family))
+        return self._at_mode[0]
 
     @property
     def df_resid(self) -> int:
@@ -175,9 +194,14 @@ class GeneralizedLinearMixedModel:
 
     # ----------------------------------------------------------- the conditional modes
     @functools.cached_property
-    def _mode(self):
-        u, pieces, _, _ = mode_at(jnp.asarray(self.x), self._data, self.structure, self.family)
-        return np.asarray(u), np.asarray(pieces.eta)
+    def _at_mode(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """(lme4's deviance, the real levels' u, the real rows' η) at the estimates, from the padded kernel."""
+        dev, u, eta = deviance_and_mode(jnp.asarray(self.x), self._data, self.problem.structure, self.family)
+        return float(dev), real_u(u, self.structure, self.problem.structure), np.asarray(eta)[: self.nobs]
+
+    @property
+    def _mode(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._at_mode[1:]
 
     @property
     def u(self) -> np.ndarray:
@@ -195,8 +219,8 @@ class GeneralizedLinearMixedModel:
         """``Var(b | y)`` per grouping factor (levels, q, q): ``Λ (H⁻¹)ⱼⱼ Λᵀ`` at the mode, H's inverse
         dense (lme4's ``condVar``)."""
         A = self._scaled_z_dense()
-        mu = np.asarray(self.family.mean(jnp.asarray(self._mode[1])))
-        w = self.gdesign.wt * np.asarray(self.family.variance(jnp.asarray(mu)))
+        mu = self._mean(self._mode[1])
+        w = self.gdesign.wt * self.family.variance(mu)
         Hinv = np.linalg.inv(A.T @ (w[:, None] * A) + np.eye(A.shape[1]))
         out, start = [], 0
         for blk in self.structure.blocks:
@@ -230,7 +254,7 @@ class GeneralizedLinearMixedModel:
         """The criterion's Hessian in x = (θ, β) by central differences of the exact gradient."""
 
         def vg(x):
-            f, g = value_and_gradient(jnp.asarray(x), self._data, self.structure, self.family, self.nagq)
+            f, g = value_and_gradient(jnp.asarray(x), self._data, self.problem.structure, self.family, self.nagq)
             return float(f), np.asarray(g)
 
         return difference_hessian(vg, self.x, x_scale(self.gdesign), self.control.hessian_step)
@@ -253,7 +277,8 @@ class GeneralizedLinearMixedModel:
         return out
 
     def _mean(self, eta: np.ndarray) -> np.ndarray:
-        return np.asarray(self.family.mean(jnp.asarray(eta)))
+        """μ = g⁻¹(η) in NumPy (JAX's eager operations would compile once per data size)."""
+        return scipy.special.expit(eta) if self.family.name == "binomial" else np.exp(eta)
 
     def fitted(self) -> np.ndarray:
         """The conditional means μ (lme4's ``fitted``: proportions for the binomial)."""
@@ -269,7 +294,7 @@ class GeneralizedLinearMixedModel:
         if type == "response":
             return y - mu
         if type == "pearson":
-            return (y - mu) * np.sqrt(wt) / np.sqrt(np.asarray(self.family.variance(jnp.asarray(mu))))
+            return (y - mu) * np.sqrt(wt) / np.sqrt(self.family.variance(mu))
         if type == "deviance":
             d = np.asarray(self.family.deviance_residuals(jnp.asarray(y), jnp.asarray(wt), jnp.asarray(self._mode[1])))
             return np.sign(y - mu) * np.sqrt(np.maximum(d, 0.0))

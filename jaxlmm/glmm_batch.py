@@ -24,7 +24,7 @@ import scipy.special
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .errors import JaxlmmError
-from .glmm_kernel import column_signs, glmm_data, x_scale
+from .glmm_kernel import column_signs, pad_rows, x_scale
 from .laplace import criterion_constant, varying_criterion
 from .optimize import BatchControl, BFGSState, bfgs_steps, positive_inverse
 
@@ -113,7 +113,8 @@ def refit_responses(
     place = jnp.asarray if one_device else lane_placement()
     n_dev = 1 if one_device else jax.local_device_count()
     size = -(-chunk_lanes(model.nobs, B, chunk_size) // n_dev) * n_dev  # a multiple of the device count
-    data = glmm_data(model.gdesign)
+    data, structure = model.problem.data, model.problem.structure
+    Y = pad_rows(Y, data.y.shape[0])  # padded rows: weight 0, response 0
     scale = x_scale(model.gdesign)
     inv_hessian = positive_inverse(model.hessian)
     dim = model.x.size
@@ -134,7 +135,7 @@ def refit_responses(
         padded = np.concatenate([lanes, np.repeat(lanes[:1], size - lanes.size)])
         out = _lane_steps(
             BFGSState(*(place(a[padded]) for a in state)), place(Y[:, padded].T), jnp.asarray(scale),
-            control.budget, control.gtol, data, model.structure, model.family, model.nagq,
+            control.budget, control.gtol, data, structure, model.family, model.nagq,
         )  # fmt: skip
         for a, new in zip(state, jax.device_get(out)):
             a[lanes] = np.asarray(new)[: lanes.size]

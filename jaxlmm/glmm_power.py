@@ -32,7 +32,7 @@ from .errors import DataError
 from .glmm import GeneralizedLinearMixedModel
 from .glmm_batch import chunk_lanes, refit_responses
 from .glmm_design import GlmmDesign, build_glmm_design
-from .glmm_kernel import glmm_data, x_scale
+from .glmm_kernel import pad_rows, x_scale
 from .laplace import varying_criterion
 from .model import SINGULAR_TOL
 from .params import theta_from_covariance
@@ -205,12 +205,13 @@ def lane_hessians(model: GeneralizedLinearMixedModel, x: np.ndarray, Y: np.ndarr
     B = x.shape[0]
     size = chunk_lanes(model.nobs, B)
     steps = jnp.asarray(model.control.hessian_step * x_scale(model.gdesign))
-    data = glmm_data(model.gdesign)
+    data, structure = model.problem.data, model.problem.structure  # padded, as the kernels see them
+    Y = pad_rows(Y, data.y.shape[0])  # padded rows: weight 0, response 0
     out = []
     for first in range(0, B, size):
         lanes = np.arange(first, first + size) % B  # the last call wraps round (fixed shape)
         hessians = _lane_hessians(
-            jnp.asarray(x[lanes]), jnp.asarray(Y[:, lanes].T), steps, data, model.structure, model.family, model.nagq
+            jnp.asarray(x[lanes]), jnp.asarray(Y[:, lanes].T), steps, data, structure, model.family, model.nagq
         )
         out.append(jax.device_get(hessians))
     return np.concatenate(out)[:B]
