@@ -162,6 +162,7 @@ def test_datasets_and_by_equal_lmer(formula, reml, monkeypatch):
     assert list(frame.rep.unique()) == first
 
 
+@pytest.mark.slow  # 6 s: the default tier keeps under its 4 minutes (CI runs this tier too)
 def test_crossed_model_takes_the_per_data_set_path():
     rng = np.random.default_rng(4)
     sets = []

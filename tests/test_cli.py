@@ -236,6 +236,7 @@ GLMM_PILOT = FIXTURES / "glmm_power" / "pilot.csv"
 GLMM_FORMULA = "acc ~ cond + (1 | subj) + (1 | item)"
 
 
+@pytest.mark.slow  # 6 s: the default tier keeps under its 4 minutes (CI runs this tier too)
 def test_family_fits_glmer_and_prints_lme4s_summary(capsys):
     status, out, err = run(capsys, "fit", GLMM_PILOT, GLMM_FORMULA, "--family", "binomial")
     assert status == 0 and err == ""
