@@ -82,6 +82,7 @@ def test_anova_refits_by_ml_and_names_models(capsys):
     assert float(second.split()[6]) == pytest.approx(lrt, abs=5.1e-4)  # 42.139: R's 5 significant digits
 
 
+@pytest.mark.slow  # 8 s: the default tier keeps under its 4 minutes (CI runs this tier too)
 def test_anova_with_bootstrap_and_pbtest_agree(capsys):
     args = ("--ml", "--nsim", 40, "--seed", 3, "--no-progress", "--json")
     status, out, _ = run(capsys, "anova", SLEEP, INTERCEPT, CORR, *args)

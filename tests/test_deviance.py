@@ -34,11 +34,11 @@ def crossed_data(seed: int = 0, n: int = 150) -> pd.DataFrame:
     )
 
 
-FORMULAS = [
-    "y ~ x + (1 | a) + (1 | b)",
-    "y ~ x + (1 | a) + (1 | b) + (1 | c)",
+FORMULAS = [  # 6 s each (six compiles): three run in the slow tier, to keep the default one under 4 minutes
+    pytest.param("y ~ x + (1 | a) + (1 | b)", marks=pytest.mark.slow),
+    pytest.param("y ~ x + (1 | a) + (1 | b) + (1 | c)", marks=pytest.mark.slow),
     "y ~ x + (1 + x | a) + (1 | b)",
-    "y ~ x + (1 | a) + (1 + x | b)",
+    pytest.param("y ~ x + (1 | a) + (1 + x | b)", marks=pytest.mark.slow),
     "y ~ x + (1 | a/b)",
 ]
 
