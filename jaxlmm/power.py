@@ -544,6 +544,17 @@ def default_breaks(levels: int) -> list[int]:
     return sorted({int(v) for v in np.round(np.linspace(3, levels, 10))})
 
 
+def check_curve_axis(design: Design, along, coefficient, values) -> None:
+    """A power curve runs along one axis: design sizes (``along=``) or one coefficient's ``values=``."""
+    if (along is None) == (coefficient is None):
+        raise DataError("give along= (sizes, with breaks=) or coefficient= (with values=)")
+    if coefficient is not None:
+        if coefficient not in design.fixef_names:
+            raise DataError(f"{coefficient!r} is not a coefficient of the model ({', '.join(design.fixef_names)})")
+        if values is None or len(values) == 0:
+            raise DataError("coefficient= needs the values= to try")
+
+
 def power_curve(
     model,
     make_data: Callable[[int], pd.DataFrame] | None = None,
@@ -597,13 +608,8 @@ def power_curve(
     _check_lmm_tests(tests)
     design, params = pilot_parts(model)
     params = truth(design, params, fixef, covariance, sigma)
-    if (along is None) == (coefficient is None):
-        raise DataError("give along= (sizes, with breaks=) or coefficient= (with values=)")
+    check_curve_axis(design, along, coefficient, values)
     if coefficient is not None:
-        if coefficient not in design.fixef_names:
-            raise DataError(f"{coefficient!r} is not a coefficient of the model ({', '.join(design.fixef_names)})")
-        if values is None or len(values) == 0:
-            raise DataError("coefficient= needs the values= to try")
         j = design.fixef_names.index(coefficient)
         terms = resolve_terms(design, coefficient if term is None else term)
         settings = [
@@ -657,13 +663,8 @@ def _glmm_curve(model, along, breaks, coefficient, values, fixef, covariance, si
     check_glmm_tests(tests)
     x = glmm_truth(start, x, fixef, covariance, sigma)
     design, n_theta = start.design, start.structure.n_theta
-    if (along is None) == (coefficient is None):
-        raise DataError("give along= (sizes, with breaks=) or coefficient= (with values=)")
+    check_curve_axis(design, along, coefficient, values)
     if coefficient is not None:
-        if coefficient not in design.fixef_names:
-            raise DataError(f"{coefficient!r} is not a coefficient of the model ({', '.join(design.fixef_names)})")
-        if values is None or len(values) == 0:
-            raise DataError("coefficient= needs the values= to try")
         j = n_theta + design.fixef_names.index(coefficient)
         terms = resolve_terms(design, coefficient if term is None else term)
         point = glmm_point(start, x, terms, tests)
