@@ -85,6 +85,33 @@ def _lane_steps(state: BFGSState, y, scale, budget, gtol, data, structure, famil
     return jax.vmap(one)(state, y)
 
 
+def run_glmm_lanes(x0: np.ndarray, inv_hessian: np.ndarray, width: int, max_iter: int, steps) -> BFGSState:
+    """BFGS lanes from ``x0`` (B, dim) run to completion in calls of ``width`` lanes, as
+    :func:`jaxlmm.batch.run_lanes` schedules them: ``steps(state, padded)`` advances the lanes ``padded``
+    (indices; a call with fewer lanes left repeats its first) of the host ``state`` by one compiled call;
+    unfinished lanes fill the next call first; a lane stops when done or after ``max_iter`` steps."""
+    B = x0.shape[0]
+    state = BFGSState(
+        theta=x0.copy(),
+        f=np.full(B, np.inf),
+        g=np.zeros_like(x0),
+        inv_hessian=inv_hessian,
+        step_length=np.ones(B),
+        steps=np.zeros(B, dtype=np.int32),
+        fresh=np.zeros(B, dtype=bool),
+        done=np.zeros(B, dtype=bool),
+    )
+    finished = np.zeros(B, dtype=bool)
+    while not finished.all():
+        todo = np.flatnonzero(~finished)
+        lanes = todo[np.argsort(state.steps[todo] == 0, kind="stable")][:width]
+        padded = np.concatenate([lanes, np.repeat(lanes[:1], width - lanes.size)])
+        for a, new in zip(state, jax.device_get(steps(state, padded))):
+            a[lanes] = np.asarray(new)[: lanes.size]
+        finished[lanes] = state.done[lanes] | (state.steps[lanes] >= max_iter)
+    return state
+
+
 def refit_responses(
     model,
     responses: np.ndarray,
@@ -117,29 +144,16 @@ def refit_responses(
     Y = pad_rows(Y, data.y.shape[0])  # padded rows: weight 0, response 0
     scale = x_scale(model.gdesign)
     inv_hessian = positive_inverse(model.hessian)
-    dim = model.x.size
-    state = BFGSState(
-        theta=np.tile(model.x, (B, 1)),
-        f=np.full(B, np.inf),
-        g=np.zeros((B, dim)),
-        inv_hessian=np.tile(inv_hessian, (B, 1, 1)),
-        step_length=np.ones(B),
-        steps=np.zeros(B, dtype=np.int32),
-        fresh=np.zeros(B, dtype=bool),
-        done=np.zeros(B, dtype=bool),
-    )
-    finished = np.zeros(B, dtype=bool)
-    while not finished.all():
-        todo = np.flatnonzero(~finished)
-        lanes = todo[np.argsort(state.steps[todo] == 0, kind="stable")][:size]
-        padded = np.concatenate([lanes, np.repeat(lanes[:1], size - lanes.size)])
-        out = _lane_steps(
-            BFGSState(*(place(a[padded]) for a in state)), place(Y[:, padded].T), jnp.asarray(scale),
+    state = run_glmm_lanes(
+        np.tile(model.x, (B, 1)),
+        np.tile(inv_hessian, (B, 1, 1)),
+        size,
+        control.max_iter,
+        lambda lanes, padded: _lane_steps(
+            BFGSState(*(place(a[padded]) for a in lanes)), place(Y[:, padded].T), jnp.asarray(scale),
             control.budget, control.gtol, data, structure, model.family, model.nagq,
-        )  # fmt: skip
-        for a, new in zip(state, jax.device_get(out)):
-            a[lanes] = np.asarray(new)[: lanes.size]
-        finished[lanes] = state.done[lanes] | (state.steps[lanes] >= control.max_iter)
+        ),
+    )  # fmt: skip
     x = state.theta * np.asarray(column_signs(jnp.asarray(state.theta), model.structure))
     constants = np.asarray(
         jax.vmap(lambda yk: criterion_constant(data._replace(y=yk), model.family, model.nagq))(jnp.asarray(Y.T))

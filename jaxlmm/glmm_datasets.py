@@ -25,7 +25,7 @@ from .design import ReBlock, Structure, theta_start
 from .errors import DataError
 from .family import Family
 from .formula import Formula
-from .glmm_batch import chunk_lanes
+from .glmm_batch import chunk_lanes, run_glmm_lanes
 from .glmm_design import GlmmDesign, build_glmm_design
 from .glmm_kernel import MIN_ROWS, GlmmProblem, column_signs, glm_start, glmm_problem, x_scale
 from .laplace import criterion_constant, varying_criterion
@@ -88,29 +88,16 @@ def _fit_bucket(members, problems, gds, family, nagq, chunk_size, control):
             structure, family, nagq,
         )  # fmt: skip
         hessian[lanes] = np.asarray(H)[: lanes.size]
-    dim = x0.shape[1]
-    state = BFGSState(
-        theta=x0.copy(),
-        f=np.full(B, np.inf),
-        g=np.zeros((B, dim)),
-        inv_hessian=positive_inverse(hessian),
-        step_length=np.ones(B),
-        steps=np.zeros(B, dtype=np.int32),
-        fresh=np.zeros(B, dtype=bool),
-        done=np.zeros(B, dtype=bool),
-    )
-    finished = np.zeros(B, dtype=bool)
-    while not finished.all():
-        todo = np.flatnonzero(~finished)
-        lanes = todo[np.argsort(state.steps[todo] == 0, kind="stable")][:width]
-        padded = np.concatenate([lanes, np.repeat(lanes[:1], width - lanes.size)])
-        out = _dataset_lane_steps(
-            BFGSState(*(jnp.asarray(a[padded]) for a in state)), lanes_of(padded), jnp.asarray(scale[padded]),
+    state = run_glmm_lanes(
+        x0,
+        positive_inverse(hessian),
+        width,
+        control.max_iter,
+        lambda lanes, padded: _dataset_lane_steps(
+            BFGSState(*(jnp.asarray(a[padded]) for a in lanes)), lanes_of(padded), jnp.asarray(scale[padded]),
             control.budget, control.gtol, structure, family, nagq,
-        )  # fmt: skip
-        for a, new in zip(state, jax.device_get(out)):
-            a[lanes] = np.asarray(new)[: lanes.size]
-        finished[lanes] = state.done[lanes] | (state.steps[lanes] >= control.max_iter)
+        ),
+    )  # fmt: skip
     x = state.theta * np.asarray(column_signs(jnp.asarray(state.theta), structure))
     f = state.f + np.asarray(_constants(jax.tree_util.tree_map(jnp.asarray, data), family, nagq))
     ok = np.isfinite(f) & np.all(np.isfinite(x), axis=1) & state.done
